@@ -1,0 +1,4 @@
+"""``python -m geventfork SCRIPT [ARGS...]``."""
+from ._main import main
+
+main()

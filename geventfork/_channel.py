@@ -1,0 +1,446 @@
+"""The IPC channel: the thin gevent layer over the sans-IO ``_wire`` core.
+
+One greenlet reads (``recvmsg`` -> ``Decoder`` -> dispatch); writes are queued
+and flushed from the event loop, coalesced into one ``sendmsg`` per batch.
+The socket is the raw ``_socket.socket`` and the waits are our own io
+watchers, so that ``ref()``/``unref()`` decide whether the channel keeps the
+process alive, the way libuv handles do in Node.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+from array import array
+from collections import deque
+from itertools import islice
+from typing import Any, Callable, Optional
+
+import gevent
+from gevent import get_hub
+
+from . import _handles, _platform, _wire
+from ._serialization import Codec, by_id
+from .errors import ChannelClosedError, ProtocolError, SerializationError
+from .events import EventEmitter
+
+__all__ = ["Channel", "ChannelOwner", "HIGH_WATER_MARK"]
+
+#: ``send()`` returns False once this many bytes are queued (Node: 128 KiB).
+HIGH_WATER_MARK = 128 * 1024
+#: Bytes asked of one ``recvmsg``. gipc reads 64 KiB; larger reads halve the
+#: syscalls for streams of small messages and for multi-MiB messages.
+READ_SIZE = 256 * 1024
+#: Bytes coalesced into one ``sendmsg`` before it is issued.
+WRITE_BATCH = 256 * 1024
+#: Buffers per ``sendmsg``; Linux's ``IOV_MAX`` is 1024.
+MAX_IOV = 512
+
+_ANC_SIZE = _platform.anc_buffer_size()
+_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+Callback = Callable[[Optional[BaseException]], Any]
+
+
+class _Pending:
+    """A sent handle waiting for the receiver's ACK."""
+
+    __slots__ = ("callback", "release", "keep_open")
+
+    def __init__(self, callback: Optional[Callback], release: Callable, keep_open: bool):
+        self.callback = callback
+        self.release = release
+        self.keep_open = keep_open
+
+
+class Channel:
+    """One end of an IPC channel (``process.channel``, ``child.channel``).
+
+    Args:
+        sock: a connected ``AF_UNIX`` stream socket; the channel owns it.
+        owner: the ``ChildProcess`` or ``process`` it reports to, through
+            ``_channel_message(message, handle)``, ``_channel_error(err)`` and
+            ``_channel_closed()``.
+        codec: how this end encodes messages (it decodes whatever codec each
+            frame names).
+        max_size: the largest message payload sent or accepted.
+        ref: whether the channel keeps the process alive to begin with.
+    """
+
+    def __init__(
+        self,
+        sock: Any,
+        owner: Any,
+        codec: Codec,
+        max_size: int = _wire.MAX_FRAME_SIZE,
+        ref: bool = True,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._owner = owner
+        self._codec = codec
+        self.max_size = max_size
+        self._decoder = _wire.Decoder(max_size, _platform.close_quietly)
+        loop = get_hub().loop
+        self._read_watcher = loop.io(self._fd, 1)
+        self._write_watcher = loop.io(self._fd, 2)
+        self._queue: deque = deque()  # [data, fds, callback-or-None]
+        self._queued_bytes = 0
+        self._flush_scheduled = False
+        self._awaiting: dict = {}  # ident -> _Pending
+        self._next_ident = 0
+        self.connected = True
+        self._closing = False  # disconnect() was called
+        self._closed = False
+        self._announced = False
+        self._refs = 0
+        self._explicit_ref: Optional[bool] = None
+        self._default_ref = ref
+        self._apply_ref()
+        self._reader = gevent.spawn(self._read_loop)
+
+    # -- public ---------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The channel's file descriptor (-1 once closed)."""
+        return -1 if self._closed else self._fd
+
+    def ref(self) -> None:
+        """Keep the process alive while the channel is open."""
+        self._explicit_ref = True
+        self._apply_ref()
+
+    def unref(self) -> None:
+        """Let the process exit while the channel is still open."""
+        self._explicit_ref = False
+        self._apply_ref()
+
+    def send(
+        self,
+        message: Any,
+        handle: Any = None,
+        options: Optional[dict] = None,
+        callback: Optional[Callback] = None,
+    ) -> bool:
+        """Queue ``message`` (and ``handle``) for the peer; see ``ChildProcess.send``."""
+        if not self.connected:
+            self._finish([(callback, ChannelClosedError("the IPC channel is closed"))])
+            return False
+        out = _handles.to_wire(handle) if handle is not None else None
+        payload = self._codec.dumps(message)
+        if len(payload) > self.max_size:
+            raise SerializationError(
+                f"message of {len(payload)} bytes is over the channel's "
+                f"{self.max_size}-byte limit"
+            )
+        if out is None:
+            header = _wire.HEADER.pack(len(payload), _wire.MESSAGE, self._codec.ident, 0, 0, 0, 0)
+            self._enqueue(header + payload, (), callback)
+        else:
+            self._next_ident = self._next_ident % 0xFFFFFFFF + 1
+            ident = self._next_ident
+            keep_open = bool(options and options.get("keep_open"))
+            self._awaiting[ident] = _Pending(callback, out.release, keep_open)
+            header = _wire.HEADER.pack(
+                len(payload), _wire.MESSAGE, self._codec.ident, out.code, out.flags, 1, ident
+            )
+            self._enqueue(header + payload, (out.fd,), None)
+        return self._queued_bytes < HIGH_WATER_MARK
+
+    def disconnect(self) -> None:
+        """Flush what is queued, then close; both ends get ``'disconnect'``."""
+        if not self.connected:
+            return
+        self.connected = False
+        self._closing = True
+        self._apply_ref()
+        self._schedule_flush()
+
+    def close(self) -> None:
+        """Close at once: queued messages and unacknowledged handles fail."""
+        self._shut_down(None)
+
+    # -- writing --------------------------------------------------------
+
+    def _enqueue(self, data: bytes, fds: tuple, callback: Optional[Callback]) -> None:
+        self._queue.append([data, fds, callback])
+        self._queued_bytes += len(data)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self._write_watcher.active:
+            self._flush_scheduled = True
+            get_hub().loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the socket takes now (runs in the hub: never blocks)."""
+        self._flush_scheduled = False
+        self._write_watcher.stop()
+        if self._closed:
+            return
+        done: list = []
+        try:
+            self._write_some(done)
+        except OSError as exc:
+            self._finish(done)
+            self._shut_down(ChannelClosedError(f"the IPC channel broke: {exc}"))
+            return
+        self._finish(done)
+        if self._closing and not self._queue:
+            self._half_close()
+
+    def _write_some(self, done: list) -> None:
+        queue, sock = self._queue, self._sock
+        while queue:
+            first = queue[0]
+            buffers = [first[0]]
+            size = len(first[0])
+            for item in islice(queue, 1, MAX_IOV):
+                if item[1] or size >= WRITE_BATCH:
+                    break  # fds ride only with the first byte of a sendmsg
+                buffers.append(item[0])
+                size += len(item[0])
+            anc = [(*_RIGHTS, array("i", first[1]))] if first[1] else ()
+            try:
+                sent = sock.sendmsg(buffers, anc)
+            except BlockingIOError:
+                sent = 0
+            if not sent:
+                self._write_watcher.start(self._flush)
+                return
+            self._queued_bytes -= sent
+            while sent:
+                item = queue[0]
+                length = len(item[0])
+                if sent < length:
+                    item[0] = memoryview(item[0])[sent:]
+                    item[1] = ()  # the fds went with the first chunk
+                    break
+                sent -= length
+                queue.popleft()
+                if item[2] is not None:
+                    done.append((item[2], None))
+
+    def _half_close(self) -> None:
+        """Our side is done writing: tell the peer, keep reading its ACKs."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._announce()
+
+    # -- reading --------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock, decoder, hub = self._sock, self._decoder, get_hub()
+        try:
+            while not self._closed:
+                try:
+                    data, anc, flags, _ = sock.recvmsg(READ_SIZE, _ANC_SIZE, _platform.RECV_FLAGS)
+                except BlockingIOError:
+                    hub.wait(self._read_watcher)
+                    continue
+                except (ConnectionResetError, OSError) as exc:
+                    if self._closed:
+                        return
+                    raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
+                fds = _platform.fds_from_ancillary(anc) if anc else ()
+                if data or fds:
+                    decoder.receive_data(data, fds, bool(flags & socket.MSG_CTRUNC))
+                else:
+                    decoder.receive_eof()
+                if not self._dispatch():
+                    self._shut_down(None)
+                    return
+        except ProtocolError as err:
+            self._report(err)
+            self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
+        except ChannelClosedError as err:
+            self._shut_down(err)
+
+    def _dispatch(self) -> bool:
+        """Handle every whole frame buffered; False once the peer closed."""
+        done: list = []
+        try:
+            while True:
+                frame = self._decoder.next_event()
+                if frame is _wire.NEED_DATA:
+                    return True
+                if frame is _wire.CLOSED:
+                    return False
+                if frame.kind == _wire.MESSAGE:
+                    self._receive(frame)
+                else:
+                    self._answered(frame, done)
+        finally:
+            self._finish(done)
+
+    def _receive(self, frame: _wire.Frame) -> None:
+        handle = None
+        fds = list(frame.fds)
+        try:
+            if frame.fds_lost:
+                raise ProtocolError("the kernel dropped the handle's fds (MSG_CTRUNC)")
+            message = by_id(frame.codec).loads(frame.payload)
+            if frame.handle:
+                if not fds:
+                    raise ProtocolError("a handle arrived without its fd", frame.payload)
+                handle = _handles.from_wire(frame.handle, frame.flags, fds.pop(0))
+        except (ProtocolError, ValueError, OSError) as exc:
+            for fd in fds:
+                _platform.close_quietly(fd)
+            if frame.ident:
+                self._enqueue(_wire.encode_ack(frame.ident, _wire.NACK), (), None)
+            err = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
+            self._report(err)
+            return
+        for fd in fds:  # a frame may announce more fds than its handle needs
+            _platform.close_quietly(fd)
+        if frame.ident:
+            self._enqueue(_wire.encode_ack(frame.ident), (), None)
+        self._owner._channel_message(message, handle)
+
+    def _answered(self, frame: _wire.Frame, done: list) -> None:
+        pending = self._awaiting.pop(frame.ident, None)
+        if pending is None:
+            self._report(ProtocolError(f"answer to unknown message {frame.ident}"))
+            return
+        if frame.kind == _wire.ACK:
+            pending.release(pending.keep_open)
+            if pending.callback is not None:
+                done.append((pending.callback, None))
+        else:
+            err = ProtocolError("the receiver lost the handle (MSG_CTRUNC); it is still yours")
+            done.append((pending.callback, err))
+
+    # -- closing and reporting ------------------------------------------
+
+    def _shut_down(self, err: Optional[BaseException]) -> None:
+        """Close the socket; fail what is queued and unacknowledged."""
+        if self._closed:
+            return
+        self.connected = False
+        self._closed = True
+        flushed: list = []
+        if err is None and self._queue:
+            try:  # the peer closed its end: its reads may still be open
+                self._write_some(flushed)
+            except OSError:
+                pass
+        self._read_watcher.stop()
+        self._write_watcher.stop()
+        closed = err or ChannelClosedError("the IPC channel is closed")
+        failed = flushed + [(item[2], closed) for item in self._queue if item[2] is not None]
+        failed += [(p.callback, closed) for p in self._awaiting.values()]
+        self._queue.clear()
+        self._awaiting.clear()
+        self._queued_bytes = 0
+        self._decoder.close()
+        self._sock.close()
+        self._finish(failed)
+        self._announce()
+        if gevent.getcurrent() is not self._reader:
+            self._reader.kill(block=False)
+
+    def _announce(self) -> None:
+        if not self._announced:
+            self._announced = True
+            self._apply_ref()
+            gevent.spawn(self._owner._channel_closed)
+
+    def _report(self, err: BaseException) -> None:
+        """Emit ``'error'`` on the owner, outside the reader greenlet."""
+        gevent.spawn(self._owner._channel_error, err)
+
+    def _finish(self, calls: list) -> None:
+        """Run send callbacks, ``(callback, err)``, in a greenlet of their own."""
+        if calls:
+            gevent.spawn(self._run_callbacks, calls)
+
+    def _run_callbacks(self, calls: list) -> None:
+        for callback, err in calls:
+            try:
+                if callback is not None:
+                    callback(err)
+                elif err is not None:
+                    self._owner._channel_error(err)
+            except Exception:
+                get_hub().handle_error(callback or self, *sys.exc_info())
+
+    # -- keeping the process alive --------------------------------------
+
+    def _ref_counted(self, listening: bool) -> None:
+        """The owner gained its first (or lost its last) keep-alive listener."""
+        self._refs = 1 if listening else 0
+        self._apply_ref()
+
+    def _apply_ref(self) -> None:
+        if self._explicit_ref is not None:
+            alive = self._explicit_ref
+        else:
+            alive = self._default_ref or self._refs > 0
+        alive = alive and self.connected
+        self._read_watcher.ref = alive
+        self._write_watcher.ref = alive
+
+
+class ChannelOwner(EventEmitter):
+    """What ``ChildProcess`` and ``process`` share: an optional ``Channel``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The IPC channel, or None when there is none.
+        self.channel: Optional[Channel] = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages can still be sent."""
+        return self.channel is not None and self.channel.connected
+
+    def send(
+        self,
+        message: Any,
+        handle: Any = None,
+        options: Optional[dict] = None,
+        callback: Optional[Callback] = None,
+    ) -> bool:
+        """Queue ``message``, and optionally a handle, for the other end.
+
+        Like Node's ``subprocess.send()``. Never blocks the calling greenlet.
+
+        Args:
+            message: anything the channel's serialization can encode.
+            handle: a ``net.Socket``, ``net.Server`` or socket to pass along.
+            options: ``{"keep_open": True}`` keeps our copy of a sent socket.
+            callback: ``callback(err)``, called once: ``None`` when the
+                message is handed to the kernel (with a handle: when the
+                receiver acknowledged it), or the error. Without one, an
+                error is emitted as ``'error'``.
+
+        Returns:
+            False once the queue is past its high-water mark, True otherwise.
+
+        Raises:
+            InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
+            SerializationError: ``message`` cannot be serialised.
+            ChannelClosedError: there never was a channel.
+        """
+        if self.channel is None:
+            raise ChannelClosedError("there is no IPC channel")
+        return self.channel.send(message, handle, options, callback)
+
+    def disconnect(self) -> None:
+        """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
+        if self.channel is not None:
+            self.channel.disconnect()
+
+    def _channel_message(self, message: Any, handle: Any) -> None:
+        if self.listener_count("message"):
+            self.emit("message", message, handle)
+        elif handle is not None:
+            _handles.close(handle)  # nobody will take it: never leak it
+
+    def _channel_error(self, err: BaseException) -> None:
+        self.emit("error", err)
+
+    def _channel_closed(self) -> None:
+        self.emit("disconnect")

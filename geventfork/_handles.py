@@ -1,0 +1,94 @@
+"""What ``send()`` accepts as a handle: per-type conversion to and from an fd.
+
+Like Node's ``handleConversion`` table: each kind of handle has a number on the
+wire, a way to give up its fd for sending, a way to let go of the sender's copy
+once the receiver acknowledged it, and a way to rebuild it from a received fd.
+"""
+from __future__ import annotations
+
+import socket as _stdlib_socket
+from typing import Any, Callable, NamedTuple
+
+from gevent import socket as gsocket
+
+from .errors import InvalidHandleTypeError
+
+__all__ = ["Outgoing", "to_wire", "from_wire", "close"]
+
+# Handle numbers on the wire (a frame's ``handle`` byte). Never reuse one.
+SOCKET = 1  # net.Socket
+SERVER = 2  # net.Server
+RAW = 3  # socket.socket or gevent socket, any family and type
+
+# Flag bits in a frame's ``flags`` byte.
+PAUSED = 1  # net.Socket: nothing has read from it; the receiver keeps it paused
+PAUSE_ON_CONNECT = 1  # net.Server
+ALLOW_HALF_OPEN = 2  # net.Server
+
+
+class Outgoing(NamedTuple):
+    """A handle ready to send: its wire number, flags and fd."""
+
+    code: int
+    flags: int
+    fd: int
+    #: ``release(keep_open)``: the receiver acknowledged; close our copy unless
+    #: ``keep_open``.
+    release: Callable[[bool], None]
+
+
+def to_wire(handle: Any) -> Outgoing:
+    """Prepare ``handle`` for sending.
+
+    Raises:
+        InvalidHandleTypeError: not a kind of handle ``send()`` accepts, or
+            already closed.
+    """
+    from . import net
+
+    if isinstance(handle, net.Socket):
+        fd = handle._handoff()
+        return Outgoing(SOCKET, PAUSED if handle._paused else 0, fd, handle._release)
+    if isinstance(handle, net.Server):
+        fd = handle._listening_fd()
+        flags = (PAUSE_ON_CONNECT if handle.pause_on_connect else 0) | (
+            ALLOW_HALF_OPEN if handle.allow_half_open else 0
+        )
+        # Node keeps the sender's server open: both processes may accept.
+        return Outgoing(SERVER, flags, fd, lambda keep_open: None)
+    if isinstance(handle, (_stdlib_socket.socket, gsocket.socket)):
+        fd = handle.fileno()
+        if fd < 0:
+            raise InvalidHandleTypeError("cannot send a closed socket")
+        return Outgoing(RAW, 0, fd, lambda keep_open: keep_open or handle.close())
+    raise InvalidHandleTypeError(
+        "handle must be a net.Socket, a net.Server or a socket, "
+        f"not {type(handle).__name__}"
+    )
+
+
+def from_wire(code: int, flags: int, fd: int) -> Any:
+    """Rebuild a handle the peer sent; the new object owns ``fd``.
+
+    Raises:
+        ValueError: unknown handle number (the caller closes ``fd``).
+    """
+    from . import net
+
+    if code == SOCKET:
+        return net.Socket(gsocket.socket(fileno=fd), paused=bool(flags & PAUSED))
+    if code == SERVER:
+        return net.Server._from_listener(
+            gsocket.socket(fileno=fd),
+            pause_on_connect=bool(flags & PAUSE_ON_CONNECT),
+            allow_half_open=bool(flags & ALLOW_HALF_OPEN),
+        )
+    if code == RAW:
+        return gsocket.socket(fileno=fd)
+    raise ValueError(f"unknown handle type {code}")
+
+
+def close(handle: Any) -> None:
+    """Close a received handle nobody will take."""
+    destroy = getattr(handle, "destroy", None) or handle.close
+    destroy()

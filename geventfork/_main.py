@@ -1,0 +1,92 @@
+"""``python -m geventfork SCRIPT``: run a script the way ``node SCRIPT`` does.
+
+This module imports nothing of gevent's until it has decided whether to patch:
+whatever is imported before ``patch_all()`` keeps the unpatched blocking
+modules.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["main", "run", "run_script"]
+
+#: The parent names the channel's fd in this variable (Node: ``NODE_CHANNEL_FD``).
+CHANNEL_FD_ENV = "GEVENTFORK_CHANNEL_FD"
+#: ``json`` or ``pickle`` (Node: ``NODE_CHANNEL_SERIALIZATION_MODE``).
+SERIALIZATION_ENV = "GEVENTFORK_SERIALIZATION"
+#: ``0`` when the child must not be monkey-patched.
+MONKEY_ENV = "GEVENTFORK_MONKEY"
+#: The largest message the child's channel accepts, in bytes.
+MAX_MESSAGE_SIZE_ENV = "GEVENTFORK_MAX_MESSAGE_SIZE"
+
+USAGE = "usage: python -m geventfork SCRIPT [ARGS...]\n"
+
+
+def main(argv: list | None = None) -> None:
+    """Patch with gevent, run SCRIPT as ``__main__``, then run the hub.
+
+    Exits with the script's status, or 1 on an uncaught exception.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stderr.write(USAGE)
+        sys.exit(0 if args else 2)
+    if os.environ.pop(MONKEY_ENV, "1") != "0":
+        from gevent import monkey
+
+        monkey.patch_all()
+    sys.exit(run_script(args[0], args[1:]))
+
+
+def run_script(script: str, args: list) -> int:
+    """Run ``script`` (a file or a dotted module name), then the hub; return a status."""
+    import runpy
+    import traceback
+
+    from ._process import process
+
+    process._connect(script, args)
+    is_file = os.path.exists(script) or script.endswith(".py")
+    if is_file:
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+    sys.argv = [script, *args]
+    try:
+        if is_file:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module(script, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return _status(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    try:
+        run()
+    except SystemExit as exc:
+        return _status(exc.code)
+    return 0
+
+
+def run() -> None:
+    """Run the gevent hub until nothing keeps it alive, as Node's event loop does.
+
+    A listening server, a referenced child or channel, a live greenlet or a
+    pending timer keeps it running. Call it at the end of a script started
+    with plain ``python``; ``python -m geventfork`` calls it for you.
+    """
+    from gevent import get_hub
+
+    from ._process import process
+
+    process._top_level_done()
+    get_hub().join()
+
+
+def _status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    sys.stderr.write(f"{code}\n")
+    return 1

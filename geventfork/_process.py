@@ -1,0 +1,90 @@
+"""The child's end: ``geventfork.process``, like Node's ``process`` object."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+from . import _handles
+from ._channel import Channel, ChannelOwner
+from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, SERIALIZATION_ENV
+from ._serialization import by_name
+from .errors import ChannelClosedError
+
+__all__ = ["Process", "process"]
+
+
+class Process(ChannelOwner):
+    """This process, as its parent sees it through ``fork()``.
+
+    Events: ``'message'(message, handle)``, ``'disconnect'``, ``'error'``.
+    As in Node, the channel keeps the process alive only while something
+    listens for ``'message'`` or ``'disconnect'``, or after
+    ``process.channel.ref()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Node-style: ``[sys.executable, SCRIPT, *ARGS]``.
+        self.argv: list = [sys.executable, *sys.argv]
+        self.pid = os.getpid()
+        self._held: Optional[list] = []  # None once the top level returned
+
+    def send(
+        self,
+        message: Any,
+        handle: Any = None,
+        options: Optional[dict] = None,
+        callback: Any = None,
+    ) -> bool:
+        """Send ``message`` (and a handle) to the parent; see ``ChildProcess.send``.
+
+        Raises:
+            ChannelClosedError: this process was not forked with a channel.
+        """
+        if self.channel is None:
+            raise ChannelClosedError("this process has no IPC channel: it was not started by fork()")
+        return self.channel.send(message, handle, options, callback)
+
+    def _connect(self, script: str, args: list) -> None:
+        """Take the channel the parent passed, if any (the runner calls this)."""
+        self.argv = [sys.executable, script, *args]
+        fd = os.environ.pop(CHANNEL_FD_ENV, None)
+        codec = by_name(os.environ.pop(SERIALIZATION_ENV, "json"))
+        max_size = os.environ.pop(MAX_MESSAGE_SIZE_ENV, None)
+        if fd is None:
+            return
+        import _socket  # the raw socket: the channel does its own cooperative waits
+
+        options = {"max_size": int(max_size)} if max_size else {}
+        sock = _socket.socket(fileno=int(fd))
+        self.channel = Channel(sock, self, codec, ref=False, **options)
+        self._listeners_changed("message")
+
+    def _top_level_done(self) -> None:
+        """The script's top level returned: stop holding messages."""
+        held, self._held = self._held, None
+        for _message, handle in held or ():
+            if handle is not None:
+                _handles.close(handle)
+
+    def _channel_message(self, message: Any, handle: Any) -> None:
+        if self._held is not None and not self.listener_count("message"):
+            self._held.append((message, handle))  # Node holds these too
+        else:
+            super()._channel_message(message, handle)
+
+    def _listeners_changed(self, event: str) -> None:
+        if event not in ("message", "disconnect") or self.channel is None:
+            return
+        self.channel._ref_counted(
+            self.listener_count("message") + self.listener_count("disconnect") > 0
+        )
+        if event == "message" and self._held and self.listener_count("message"):
+            held, self._held = self._held, []
+            for message, handle in held:
+                self.emit("message", message, handle)
+
+
+#: This process.
+process = Process()

@@ -1,0 +1,285 @@
+"""The channel's wire format: a sans-IO core, bytes and fds in, frames out.
+
+This module does no I/O and imports no gevent: it only turns frames into
+bytes plus file descriptors, and back.
+
+A frame is a fixed 14-byte header followed by ``size`` bytes of payload::
+
+    0        4      5       6        7       8        10         14
+    +--------+------+-------+--------+-------+--------+----------+---------+
+    | size   | kind | codec | handle | flags | nfds   | ident    | payload |
+    | u32 BE | u8   | u8    | u8     | u8    | u16 BE | u32 BE   | size B  |
+    +--------+------+-------+--------+-------+--------+----------+---------+
+
+Rules that govern changes to the format:
+
+* ``kind`` is MESSAGE, ACK or NACK. ACK and NACK carry no payload and no
+  fds; their ``ident`` names the MESSAGE they answer.
+* A MESSAGE with ``nfds > 0`` has a non-zero ``ident`` and must be answered
+  by exactly one ACK (the handle is in the receiver's hands) or NACK (its
+  fds were lost, ``MSG_CTRUNC``: the sender still owns the handle).
+* The sender attaches a frame's fds to the ``sendmsg`` whose data begins
+  with that frame's first byte, and to no other. On Linux a read stops after
+  the chunk carrying fds, so each fd belongs to the frame whose first byte
+  arrived in the same read (Node relies on the same: SCM_RIGHTS messages are
+  not coalesced). A batch of fds claimed by no frame is a protocol error.
+* EOF between frames is a clean close; EOF inside a frame is a protocol
+  error. Every fd the decoder was given and no frame claimed is closed.
+* New kinds, codecs and handle types get new numbers; numbers are never
+  reused. ``codec``, ``handle`` and ``flags`` mean nothing to this module.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from typing import Callable, NamedTuple, Sequence, Union
+
+from .errors import ProtocolError
+
+__all__ = [
+    "MESSAGE",
+    "ACK",
+    "NACK",
+    "HEADER",
+    "MAX_FDS",
+    "MAX_FRAME_SIZE",
+    "NEED_DATA",
+    "CLOSED",
+    "Frame",
+    "Decoder",
+    "encode",
+    "encode_ack",
+]
+
+MESSAGE = 1
+ACK = 2
+NACK = 3
+_KINDS = (MESSAGE, ACK, NACK)
+
+HEADER = struct.Struct("!IBBBBHI")
+
+#: Linux refuses more fds in one message with EINVAL (``SCM_MAX_FD``).
+MAX_FDS = 253
+
+#: Largest payload accepted by default. Node's pipes take anything that fits in
+#: memory; h11 and gunicorn cap what a peer may make them buffer. 64 MiB is
+#: four times the largest message the tests send (16 MiB) and bounds what a
+#: broken or hostile peer can make the receiver allocate before it is caught.
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+
+# Compact the receive buffer once this many consumed bytes sit at its front,
+# so that a read holding many small frames is parsed without a copy per frame.
+_COMPACT_AT = 256 * 1024
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: ``next_event()``: no whole frame is buffered yet.
+NEED_DATA = _Sentinel("NEED_DATA")
+#: ``next_event()``: the peer closed the stream cleanly between frames.
+CLOSED = _Sentinel("CLOSED")
+
+
+class Frame(NamedTuple):
+    """One frame: what ``encode`` takes and ``Decoder.next_event`` returns."""
+
+    kind: int
+    payload: bytes = b""
+    fds: tuple = ()
+    codec: int = 0
+    handle: int = 0
+    flags: int = 0
+    ident: int = 0
+    #: True when the kernel dropped some of this frame's fds (``MSG_CTRUNC``);
+    #: ``fds`` then holds only those that arrived.
+    fds_lost: bool = False
+
+
+Event = Union[Frame, _Sentinel]
+
+
+def encode(frame: Frame) -> tuple:
+    """Return ``(data, fds)`` for ``frame``; send the fds with ``data[0]``.
+
+    Raises:
+        ValueError: the frame breaks a rule of the format (too many fds,
+            payload too large, an ACK with a payload).
+    """
+    nfds = len(frame.fds)
+    if nfds > MAX_FDS:
+        raise ValueError(f"at most {MAX_FDS} fds ride with one frame, not {nfds}")
+    if frame.kind not in _KINDS:
+        raise ValueError(f"unknown frame kind {frame.kind}")
+    if frame.kind != MESSAGE and (frame.payload or nfds):
+        raise ValueError("ACK and NACK frames carry no payload and no fds")
+    size = len(frame.payload)
+    if size > 0xFFFFFFFF:
+        raise ValueError(f"payload of {size} bytes does not fit a frame")
+    header = HEADER.pack(
+        size, frame.kind, frame.codec, frame.handle, frame.flags, nfds, frame.ident
+    )
+    return header + frame.payload, list(frame.fds)
+
+
+def encode_ack(ident: int, kind: int = ACK) -> bytes:
+    """The bytes of an ACK (or NACK) frame answering MESSAGE ``ident``."""
+    return HEADER.pack(0, kind, 0, 0, 0, 0, ident)
+
+
+class _FdBatch(NamedTuple):
+    start: int  # stream offset of the first byte of the read the fds came with
+    end: int  # stream offset just past that read
+    fds: list
+    truncated: bool
+
+
+class Decoder:
+    """Turn the bytes and fds read from the channel into frames.
+
+    Args:
+        max_size: the largest payload accepted; a larger one is a
+            ``ProtocolError`` as soon as its header arrives.
+        close_fd: how to close an fd no frame claims (``os.close``).
+    """
+
+    def __init__(
+        self,
+        max_size: int = MAX_FRAME_SIZE,
+        close_fd: Callable[[int], None] = os.close,
+    ) -> None:
+        self.max_size = max_size
+        self._close_fd = close_fd
+        self._buf = bytearray()
+        self._pos = 0  # read position in _buf
+        self._base = 0  # stream offset of _buf[0]
+        self._batches: deque = deque()
+        self._eof = False
+        self._error: ProtocolError | None = None
+
+    def receive_data(
+        self, data: bytes, fds: Sequence[int] = (), truncated: bool = False
+    ) -> None:
+        """Add bytes read from the stream, with the fds that came with them.
+
+        Args:
+            data: the bytes of one read; must not be empty.
+            fds: the fds that read returned (``SCM_RIGHTS``).
+            truncated: the read reported ``MSG_CTRUNC`` (fds were lost).
+        """
+        if self._error is not None or self._eof:
+            self._close_all(fds)
+            return
+        start = self._base + len(self._buf)
+        if fds or truncated:
+            if not data:
+                self._close_all(fds)
+                self._fail("fds arrived with no bytes", b"")
+            self._batches.append(_FdBatch(start, start + len(data), list(fds), truncated))
+        self._buf += data
+
+    def receive_eof(self) -> None:
+        """The peer closed its end; ``next_event`` will say whether cleanly."""
+        self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are not yet part of a returned frame."""
+        return len(self._buf) - self._pos
+
+    def next_event(self) -> Event:
+        """Return the next whole ``Frame``, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises:
+            ProtocolError: malformed input. The decoder is then broken for
+                good, every fd it holds is closed, and later calls raise again.
+        """
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < HEADER.size:
+            return self._starved(available)
+        size, kind, codec, handle, flags, nfds, ident = HEADER.unpack_from(buf, pos)
+        if kind not in _KINDS:
+            self._fail(f"unknown frame kind {kind}", buf[pos : pos + 64])
+        if size > self.max_size:
+            self._fail(
+                f"frame of {size} bytes is over the {self.max_size}-byte limit",
+                buf[pos : pos + 64],
+            )
+        if nfds > MAX_FDS or (kind != MESSAGE and (size or nfds)):
+            self._fail(f"malformed frame header (kind {kind}, {nfds} fds)", buf[pos : pos + 64])
+        end = pos + HEADER.size + size
+        if len(buf) < end:
+            return self._starved(available)
+        fds, lost = self._claim(self._base + pos, nfds, buf[pos : pos + 64])
+        payload = bytes(buf[pos + HEADER.size : end])
+        self._consume(end)
+        return Frame(kind, payload, fds, codec, handle, flags, ident, lost)
+
+    def close(self) -> None:
+        """Close every fd still held; the decoder must not be used after."""
+        for batch in self._batches:
+            self._close_all(batch.fds)
+        self._batches.clear()
+
+    def _starved(self, available: int) -> Event:
+        if not self._eof:
+            return NEED_DATA
+        if available:
+            self._fail(
+                f"EOF inside a frame ({available} bytes of it arrived)",
+                self._buf[self._pos : self._pos + 64],
+            )
+        if self._batches:
+            self._fail("fds arrived that no frame claimed", b"")
+        return CLOSED
+
+    def _claim(self, start: int, nfds: int, evidence: bytes) -> tuple:
+        batches = self._batches
+        if batches and batches[0].end <= start:
+            self._fail("fds arrived that no frame claimed", evidence)
+        if not nfds:
+            return (), False
+        if not batches or not batches[0].start <= start < batches[0].end:
+            self._fail(f"frame announces {nfds} fds but none arrived with it", evidence)
+        batch = batches[0]
+        if len(batch.fds) == nfds:
+            batches.popleft()
+            return tuple(batch.fds), False
+        if len(batch.fds) < nfds and batch.truncated:
+            batches.popleft()
+            return tuple(batch.fds), True
+        self._fail(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
+        raise AssertionError("unreachable")
+
+    def _consume(self, end: int) -> None:
+        if end == len(self._buf):
+            self._base += end
+            self._buf = bytearray()
+            self._pos = 0
+        elif end >= _COMPACT_AT:
+            del self._buf[:end]
+            self._base += end
+            self._pos = 0
+        else:
+            self._pos = end
+
+    def _fail(self, msg: str, evidence: bytes) -> None:
+        self._error = ProtocolError(msg, bytes(evidence))
+        self.close()
+        raise self._error
+
+    def _close_all(self, fds: Sequence[int]) -> None:
+        for fd in fds:
+            try:
+                self._close_fd(fd)
+            except OSError:
+                pass

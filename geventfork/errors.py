@@ -1,0 +1,47 @@
+"""Every error geventfork raises, under one base, each with Node's error code."""
+from __future__ import annotations
+
+__all__ = [
+    "GeventforkError",
+    "ChannelClosedError",
+    "InvalidHandleTypeError",
+    "SerializationError",
+    "ProtocolError",
+]
+
+
+class GeventforkError(Exception):
+    """Base of every geventfork error; ``code`` is Node's error code."""
+
+    code = "ERR_GEVENTFORK"
+
+
+class ChannelClosedError(GeventforkError):
+    """The IPC channel is closed: the peer exited, or one side disconnected.
+
+    Nobody's fault in particular; a message it carried was not delivered.
+    """
+
+    code = "ERR_IPC_CHANNEL_CLOSED"
+
+
+class InvalidHandleTypeError(GeventforkError, TypeError):
+    """``send()`` was given a handle it cannot pass: the caller's fault."""
+
+    code = "ERR_INVALID_HANDLE_TYPE"
+
+
+class SerializationError(GeventforkError, TypeError):
+    """A message cannot be serialised with the channel's codec: the caller's fault."""
+
+    code = "ERR_IPC_SERIALIZATION"
+
+
+class ProtocolError(GeventforkError):
+    """A malformed frame arrived: the peer's fault, never the caller's."""
+
+    code = "ERR_IPC_PROTOCOL"
+
+    def __init__(self, msg: str, data: bytes = b"") -> None:
+        super().__init__(msg)
+        self.data = bytes(data[:64])  # evidence, truncated

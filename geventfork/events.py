@@ -1,0 +1,108 @@
+"""``EventEmitter``: Node's event API, with blocking-friendly dispatch."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import gevent
+
+__all__ = ["EventEmitter"]
+
+Listener = Callable[..., Any]
+log = logging.getLogger("geventfork")
+
+
+class EventEmitter:
+    """Node's ``EventEmitter``, snake_cased.
+
+    Listeners of the events named in ``_spawned_events`` (``'message'`` and
+    ``'connection'``) each run in a greenlet of their own, started in
+    arrival order, so a listener that blocks cooperatively never holds up
+    the channel or the accept loop. Every other event calls its listeners
+    in order, in the emitting greenlet.
+
+    An ``'error'`` emitted with no listener raises it, as in Node.
+    """
+
+    _spawned_events: frozenset = frozenset(("message", "connection"))
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Listener]] = {}
+
+    def on(self, event: str, fn: Optional[Listener] = None) -> Any:
+        """Call ``fn`` on every ``event``; without ``fn``, return a decorator."""
+        if fn is None:
+            return lambda f: self.on(event, f)
+        self._listeners.setdefault(event, []).append(fn)
+        self._listeners_changed(event)
+        return fn
+
+    add_listener = on
+
+    def once(self, event: str, fn: Optional[Listener] = None) -> Any:
+        """Call ``fn`` on the next ``event`` only; without ``fn``, a decorator."""
+        if fn is None:
+            return lambda f: self.once(event, f)
+
+        def wrapper(*args: Any) -> Any:
+            self.off(event, wrapper)
+            return fn(*args)
+
+        wrapper.listener = fn  # type: ignore[attr-defined]
+        self.on(event, wrapper)
+        return fn
+
+    def off(self, event: str, fn: Listener) -> None:
+        """Remove the most recently added ``fn`` (or ``once`` wrapper of it)."""
+        listeners = self._listeners.get(event, [])
+        for i in range(len(listeners) - 1, -1, -1):
+            item = listeners[i]
+            if item is fn or getattr(item, "listener", None) is fn:
+                del listeners[i]
+                self._listeners_changed(event)
+                return
+
+    remove_listener = off
+
+    def remove_all_listeners(self, event: Optional[str] = None) -> None:
+        """Remove every listener of ``event``, or of every event."""
+        events = [event] if event is not None else list(self._listeners)
+        for name in events:
+            if self._listeners.pop(name, None):
+                self._listeners_changed(name)
+
+    def listener_count(self, event: str) -> int:
+        """How many listeners ``event`` has."""
+        return len(self._listeners.get(event, ()))
+
+    def listeners(self, event: str) -> list[Listener]:
+        """A copy of the listeners of ``event``."""
+        return list(self._listeners.get(event, ()))
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Call the listeners of ``event``; return whether there were any.
+
+        Raises:
+            The ``'error'`` argument itself, when ``'error'`` has no listener.
+        """
+        listeners = self._listeners.get(event)
+        if not listeners:
+            if event == "error":
+                self._unhandled_error(args[0] if args else None)
+            return False
+        if event in self._spawned_events:
+            for fn in tuple(listeners):
+                gevent.spawn(fn, *args)
+        else:
+            for fn in tuple(listeners):
+                fn(*args)
+        return True
+
+    def _unhandled_error(self, err: Any) -> None:
+        """Raise an ``'error'`` nobody listens for (Node throws it too)."""
+        if isinstance(err, BaseException):
+            raise err
+        raise RuntimeError(f"Unhandled 'error' event ({err!r})")
+
+    def _listeners_changed(self, event: str) -> None:
+        """Hook: ``event`` gained or lost a listener."""
