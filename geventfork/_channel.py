@@ -125,13 +125,15 @@ class Channel:
         if not self.connected:
             self._finish([(callback, ChannelClosedError("the IPC channel is closed"))])
             return False
-        out = _handles.to_wire(handle) if handle is not None else None
         payload = self._codec.dumps(message)
         if len(payload) > self.max_size:
             raise SerializationError(
                 f"message of {len(payload)} bytes is over the channel's "
                 f"{self.max_size}-byte limit"
             )
+        # Last of the checks: to_wire() takes a net.Socket over (stops its
+        # reader), which a send that then raised must not have done.
+        out = _handles.to_wire(handle) if handle is not None else None
         if out is None:
             header = _wire.HEADER.pack(len(payload), _wire.MESSAGE, self._codec.ident, 0, 0, 0, 0)
             self._enqueue(header + payload, (), callback)
@@ -157,7 +159,7 @@ class Channel:
 
     def close(self) -> None:
         """Close at once: queued messages and unacknowledged handles fail."""
-        self._shut_down(None)
+        self._shut_down(ChannelClosedError("the IPC channel was closed"))
 
     # -- writing --------------------------------------------------------
 
@@ -284,7 +286,10 @@ class Channel:
             if frame.handle:
                 if not fds:
                     raise ProtocolError("a handle arrived without its fd", frame.payload)
-                handle = _handles.from_wire(frame.handle, frame.flags, fds.pop(0))
+                # Drop the fd from ``fds`` only once the handle owns it: if
+                # from_wire fails, the except clause below must close it.
+                handle = _handles.from_wire(frame.handle, frame.flags, fds[0])
+                del fds[0]
         except (ProtocolError, ValueError, OSError) as exc:
             for fd in fds:
                 _platform.close_quietly(fd)
@@ -378,9 +383,11 @@ class Channel:
             alive = self._explicit_ref
         else:
             alive = self._default_ref or self._refs > 0
-        alive = alive and self.connected
-        self._read_watcher.ref = alive
-        self._write_watcher.ref = alive
+        # Only reading follows ref()/unref(): the write watcher, active only
+        # while writes are pending, stays referenced, as in Node (whose
+        # process.send() refs the channel until the write completes), so a
+        # child that sends and returns does not exit with the message queued.
+        self._read_watcher.ref = alive and self.connected
 
 
 class ChannelOwner(EventEmitter):

@@ -6,7 +6,7 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 """
 from __future__ import annotations
 
-import socket as _stdlib_socket
+import _socket
 from typing import Any, Callable, NamedTuple
 
 from gevent import socket as gsocket
@@ -56,7 +56,10 @@ def to_wire(handle: Any) -> Outgoing:
         )
         # Node keeps the sender's server open: both processes may accept.
         return Outgoing(SERVER, flags, fd, lambda keep_open: None)
-    if isinstance(handle, (_stdlib_socket.socket, gsocket.socket)):
+    # Under patch_all() ``socket.socket`` is gevent's class, which an
+    # unpatched ``socket.socket`` (monkey.get_original) is no instance of;
+    # every stdlib socket derives from ``_socket.socket``, patched or not.
+    if isinstance(handle, (_socket.socket, gsocket.socket)):
         fd = handle.fileno()
         if fd < 0:
             raise InvalidHandleTypeError("cannot send a closed socket")

@@ -52,7 +52,9 @@ def run_script(script: str, args: list) -> int:
         sys.path[0] = os.path.dirname(os.path.abspath(script))
     sys.argv = [script, *args]
     try:
-        if is_file:
+        if is_file and os.path.isfile(script) and not _is_zip(script):
+            _run_source_as_main(script)
+        elif is_file:  # a folder or zip file with a __main__.py
             runpy.run_path(script, run_name="__main__")
         else:
             runpy.run_module(script, run_name="__main__", alter_sys=True)
@@ -66,6 +68,33 @@ def run_script(script: str, args: list) -> int:
     except SystemExit as exc:
         return _status(exc.code)
     return 0
+
+
+def _run_source_as_main(path: str) -> None:
+    """Run a source file as ``__main__``, the way ``python path`` does.
+
+    Not ``runpy.run_path``: it runs the code in a temporary module and puts
+    the previous ``__main__`` back when the top level returns, but the hub
+    runs the script's greenlets after that, and pickle (``serialization=
+    "pickle"``) looks the script's classes up in ``sys.modules["__main__"]``.
+    """
+    import builtins
+    import io
+    import types
+
+    with io.open_code(path) as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def run() -> None:

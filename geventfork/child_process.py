@@ -40,15 +40,15 @@ class ChildProcess(ChannelOwner):
         self.stdout: Any = None
         self.stderr: Any = None
         self._popen: Optional[subprocess.Popen] = None
-        self._timer: Optional[gevent.Greenlet] = None
+        self._timer: Any = None  # the loop timer behind ``timeout``
         self._exited = False
         self._disconnected = False
         self._referenced = True
 
     def kill(self, signal: int = _signal.SIGTERM) -> bool:
         """Send ``signal``; return whether it was delivered (Node's ``kill``)."""
-        if self._popen is None or self._exited:
-            return False
+        if self._popen is None or self._exited or self._popen.returncode is not None:
+            return False  # exited (reaped: its pid may be reused)
         try:
             os.kill(self._popen.pid, signal)
         except ProcessLookupError:
@@ -69,7 +69,9 @@ class ChildProcess(ChannelOwner):
         """
         if self._popen is None:
             raise ChildProcessError("the child process never started")
-        return self._popen.wait(timeout)
+        returncode = self._popen.wait(timeout)
+        self._record_exit(returncode)  # 'exit' may not have been emitted yet
+        return returncode
 
     def ref(self) -> None:
         """Let the child (and its channel) keep this process alive (the default)."""
@@ -117,13 +119,16 @@ class ChildProcess(ChannelOwner):
     def _on_exit(self, returncode: int) -> None:
         self._exited = True
         if self._timer is not None:
-            self._timer.kill(block=False)
+            self._timer.stop()
+        self._record_exit(returncode)
+        self.emit("exit", self.exit_code, self.signal_code)
+        self._maybe_close()
+
+    def _record_exit(self, returncode: int) -> None:
         if returncode < 0:
             self.signal_code = _signal.Signals(-returncode).name
         else:
             self.exit_code = returncode
-        self.emit("exit", self.exit_code, self.signal_code)
-        self._maybe_close()
 
     def _channel_closed(self) -> None:
         self._disconnected = True
@@ -142,7 +147,7 @@ class ChildProcess(ChannelOwner):
         if watcher is not None:
             watcher.ref = referenced
         if self._timer is not None:
-            self._timer.ref = referenced  # type: ignore[attr-defined]
+            self._timer.ref = referenced
 
 
 def _child_watcher(pid: Optional[int]) -> Any:
@@ -205,7 +210,8 @@ def fork(
     child = ChildProcess()
     child._spawn(argv + [str(a) for a in args], child_env, cwd, silent, codec, max_message_size)
     if timeout is not None and child._popen is not None:
-        child._timer = gevent.spawn_later(timeout, child.kill, kill_signal)
+        child._timer = gevent.get_hub().loop.timer(timeout)
+        child._timer.start(child.kill, kill_signal)
     return child
 
 

@@ -92,6 +92,11 @@ class EventEmitter:
             return False
         if event in self._spawned_events:
             for fn in tuple(listeners):
+                if hasattr(fn, "listener"):
+                    # A once() wrapper removes itself only when its greenlet
+                    # runs; remove it now, as Node does at emit time, or a
+                    # second emit before then would run it (and count it) again.
+                    self.off(event, fn)
                 gevent.spawn(fn, *args)
         else:
             for fn in tuple(listeners):

@@ -1,6 +1,7 @@
 """``geventfork.net``: Node's ``net.Server`` and ``net.Socket`` on gevent."""
 from __future__ import annotations
 
+import codecs
 import logging
 import socket as _stdlib_socket
 from collections import deque
@@ -74,7 +75,7 @@ class Socket(EventEmitter):
         self._ending = False
         self._write_shut = False
         self._read_eof = False
-        self._encoding: Optional[str] = None
+        self._decoder: Any = None  # an incremental decoder, after set_encoding()
         self._timeout: Any = None
         self._idle = False
         self._peer: Any = None
@@ -139,8 +140,12 @@ class Socket(EventEmitter):
         return self._paused
 
     def set_encoding(self, encoding: Optional[str] = "utf-8") -> Socket:
-        """Emit ``'data'`` as ``str`` decoded with ``encoding`` (None: bytes)."""
-        self._encoding = encoding
+        """Emit ``'data'`` as ``str`` decoded with ``encoding`` (None: bytes).
+
+        Like Node's (a ``StringDecoder``), a character split between two
+        reads is emitted whole, and invalid bytes become U+FFFD.
+        """
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
         return self
 
     def _listeners_changed(self, event: str) -> None:
@@ -160,7 +165,11 @@ class Socket(EventEmitter):
                     return
                 self.bytes_read += len(data)
                 self._idle = False
-                self.emit("data", data.decode(self._encoding) if self._encoding else data)
+                if self._decoder is not None:
+                    data = self._decoder.decode(data)
+                    if not data:
+                        continue  # only the start of a character so far
+                self.emit("data", data)
         except OSError as exc:
             self._fail(exc)
         finally:
@@ -310,6 +319,8 @@ class Socket(EventEmitter):
     def _unhandled_error(self, err: Any) -> None:
         log.warning("socket error with no 'error' listener (%s:%s): %r",
                     *self._peername(), err)
+        if not self.destroyed:  # emitted by hand, not by destroy(err)
+            self.destroy()
 
     # -- options ----------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 Usage: python -m geventfork examples/priority/parent.py [PORT] [SPECIAL_ADDRESS]
 
+PORT defaults to 1337 (0 picks a free one); the port is printed once listening.
+
 Connections from SPECIAL_ADDRESS (default 74.125.127.100, as in Node's docs)
 go to the 'special' child, the rest to the 'normal' child.
 """
@@ -27,4 +29,5 @@ def on_connection(socket):
     normal.send("socket", socket)
 
 
-server.listen(port)
+server.listen(port, callback=lambda: print(
+    "listening on {address}:{port}".format(**server.address()), flush=True))

@@ -1,0 +1,1002 @@
+"""Tests for ``_channel.Channel`` over real AF_UNIX socketpairs, in one process.
+
+Both ends live in this (gevent-patched) process: either two ``Channel``s, or
+one ``Channel`` and a ``RawPeer``, the bare socket at the other end driven by
+hand with ``_wire`` to play a slow, broken or hostile peer. Handles are real
+sockets passed over SCM_RIGHTS, and each test proves a received handle is the
+very endpoint that was sent by doing I/O through it. The conftest fails any
+test that leaves an fd open, which is how "closed, never leaked" is checked.
+"""
+from __future__ import annotations
+
+import _socket
+import base64
+import contextlib
+import os
+import resource
+import socket
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+from gevent import monkey
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.queue import Empty, Queue
+
+from geventfork import _handles, _wire, net
+from geventfork._channel import HIGH_WATER_MARK, Channel, ChannelOwner
+from geventfork._serialization import JSON, PICKLE, Codec
+from geventfork.errors import (
+    ChannelClosedError,
+    InvalidHandleTypeError,
+    ProtocolError,
+    SerializationError,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+#: Every wait in this file is bounded by this many seconds.
+WAIT = 5.0
+CODECS = [pytest.param(JSON, id="json"), pytest.param(PICKLE, id="pickle")]
+_StdlibSocket = monkey.get_original("socket", "socket")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def wait_until(predicate: Callable[[], Any], what: str) -> None:
+    """Yield to the hub until ``predicate()`` is true, for at most ``WAIT`` s."""
+    with gevent.Timeout(WAIT, AssertionError(f"timed out waiting for {what}")):
+        while not predicate():
+            gevent.sleep(0.001)
+
+
+def take(queue: Queue, what: str) -> Any:
+    try:
+        return queue.get(timeout=WAIT)
+    except Empty:
+        raise AssertionError(f"no {what} within {WAIT} s") from None
+
+
+class End:
+    """A ``Channel`` with a recording owner (what ``ChildProcess`` would be)."""
+
+    def __init__(self, sock: Any, codec: Codec = JSON, **options: Any) -> None:
+        self.messages: Queue = Queue()
+        self.errors: Queue = Queue()
+        self.closed = Event()
+        self.closed_count = 0
+        self.ch = Channel(sock, self, codec, **options)
+
+    # The owner interface Channel reports to.
+    def _channel_message(self, message: Any, handle: Any) -> None:
+        self.messages.put((message, handle))
+
+    def _channel_error(self, err: BaseException) -> None:
+        self.errors.put(err)
+
+    def _channel_closed(self) -> None:
+        self.closed_count += 1
+        self.closed.set()
+
+    # What the tests wait for.
+    def message(self) -> Any:
+        """The next message, which must carry no handle."""
+        message, handle = take(self.messages, "message")
+        assert handle is None
+        return message
+
+    def error(self) -> BaseException:
+        return take(self.errors, "error from the channel")
+
+    def wait_closed(self) -> None:
+        """The owner heard the close, and the channel let go of its socket."""
+        assert self.closed.wait(timeout=WAIT), "the owner never heard the channel close"
+        self.ch._reader.join(timeout=WAIT)
+        assert self.ch._reader.dead, "the reader greenlet outlived the channel"
+        assert self.ch.fileno() == -1
+
+
+class Callbacks:
+    """``send()`` callbacks that record their calls: ``calls[key]`` lists the errs."""
+
+    def __init__(self) -> None:
+        self.calls: dict = {}
+
+    def new(self, key: Any) -> Callable[[Any], None]:
+        self.calls[key] = []
+        return self.calls[key].append
+
+    def wait(self, key: Any) -> Any:
+        """The err of ``key``'s (first) call."""
+        wait_until(lambda: self.calls[key], f"the callback of {key!r}")
+        return self.calls[key][0]
+
+    def wait_all(self) -> None:
+        wait_until(lambda: all(self.calls.values()), "every callback")
+
+
+class RawPeer:
+    """The far end of a channel with no ``Channel``: raw frames, by hand."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.decoder = _wire.Decoder()
+
+    def send(self, data: bytes, fds: tuple = ()) -> None:
+        """Write ``data`` in one ``sendmsg``, with ``fds`` on its first byte."""
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))] if fds else []
+        assert self.sock.sendmsg([data], anc) == len(data)
+
+    def send_message(self, message: Any, fds: tuple = (), **header: Any) -> None:
+        """Write one MESSAGE frame (JSON) announcing ``len(fds)`` fds."""
+        frame = _wire.Frame(_wire.MESSAGE, JSON.dumps(message), fds, JSON.ident, **header)
+        self.send(*_wire.encode(frame))
+
+    def frame(self) -> _wire.Frame:
+        """Read the next frame; the caller owns its fds."""
+        with gevent.Timeout(WAIT, AssertionError("no frame reached the raw peer")):
+            while True:
+                event = self.decoder.next_event()
+                if isinstance(event, _wire.Frame):
+                    return event
+                assert event is _wire.NEED_DATA, "the channel closed"
+                data, anc, flags, _ = self.sock.recvmsg(
+                    256 * KiB, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC
+                )
+                assert not flags & socket.MSG_CTRUNC
+                fds = [fd for *_, raw in anc for fd in array("i", raw)]
+                if data or fds:
+                    self.decoder.receive_data(data, fds)
+                else:
+                    self.decoder.receive_eof()
+
+    def wait_eof(self) -> None:
+        """The channel closed its end: the next read is EOF."""
+        with gevent.Timeout(WAIT, AssertionError("the channel never closed its end")):
+            while True:
+                data = self.sock.recv(64 * KiB)
+                if not data:
+                    return
+
+    def close(self) -> None:
+        self.decoder.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def opened():
+    """``opened(*socks)``: close these sockets when the test ends; returns them."""
+    socks: list = []
+
+    def register(*new: Any) -> Any:
+        socks.extend(new)
+        return new[0] if len(new) == 1 else new
+
+    yield register
+    for sock in socks:
+        sock.close()
+
+
+@pytest.fixture
+def pair(opened):
+    """``pair(codec=JSON, b_codec=None, **options) -> (End, End)``, connected."""
+    ends: list = []
+
+    def make(codec: Codec = JSON, b_codec: Codec | None = None, **options: Any) -> tuple:
+        left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        opened(left, right)  # a Channel that failed to start would leak them
+        a = End(left, codec, **options)
+        b = End(right, b_codec or codec, **options)
+        ends.extend((a, b))
+        return a, b
+
+    yield make
+    for end in ends:
+        end.ch.close()
+
+
+@pytest.fixture
+def raw_pair(opened):
+    """``raw_pair(**options) -> (End, RawPeer)``, connected."""
+    peers: list = []
+    ends: list = []
+
+    def make(codec: Codec = JSON, **options: Any) -> tuple:
+        left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        opened(left)
+        end = End(left, codec, **options)
+        peer = RawPeer(gsocket.socket(fileno=right.detach()))
+        ends.append(end)
+        peers.append(peer)
+        return end, peer
+
+    yield make
+    for end in ends:
+        end.ch.close()
+    for peer in peers:
+        peer.close()
+
+
+def close_fds(fds) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def unix_pair(opened, kind: str = "gevent", sock_type: int = socket.SOCK_STREAM) -> tuple:
+    """A connected AF_UNIX pair: ``(handle, other)``; ``handle`` is of ``kind``."""
+    handle, other = opened(*socket.socketpair(socket.AF_UNIX, sock_type))  # gevent sockets
+    if kind == "stdlib":  # an unpatched socket.socket, as a library might hold
+        handle = opened(_StdlibSocket(fileno=handle.detach()))
+    return handle, other
+
+
+def recv_exactly(sock: Any, size: int) -> bytes:
+    data = b""
+    with gevent.Timeout(WAIT, AssertionError(f"{size} bytes never arrived")):
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, "EOF"
+            data += chunk
+    return data
+
+
+def assert_connected(mine: Any, theirs: Any) -> None:
+    """Bytes flow both ways between ``mine`` and ``theirs``: one connection."""
+    mine.sendall(b"ping")
+    assert recv_exactly(theirs, 4) == b"ping"
+    theirs.sendall(b"pong")
+    assert recv_exactly(mine, 4) == b"pong"
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _both_ways_cases():
+    common = [None, 0, -3, 2**64, 1.25, "", "h\u00e9llo \u2603", [1, [2]], {"a": {"b": None}}]
+    for codec in (JSON, PICKLE):
+        for i, message in enumerate(common):
+            yield pytest.param(codec, message, id=f"{codec.name}-{i}")
+    for i, message in enumerate([(1, "t"), {1, 2}, b"\x00\xff", frozenset("ab")]):
+        yield pytest.param(PICKLE, message, id=f"pickle-only-{i}")
+
+
+@pytest.mark.parametrize("codec, message", list(_both_ways_cases()))
+def test_messages_go_both_ways(pair, codec: Codec, message: Any) -> None:
+    a, b = pair(codec)
+    assert a.ch.send(message) is True
+    got = b.message()
+    assert got == message and type(got) is type(message)
+    assert b.ch.send(got) is True
+    assert a.message() == message
+
+
+def test_each_frame_is_decoded_with_the_codec_that_encoded_it(pair) -> None:
+    a, b = pair(JSON, b_codec=PICKLE)
+    a.ch.send({"from": "json"})
+    b.ch.send(("from", b"pickle"))
+    assert b.message() == {"from": "json"}
+    assert a.message() == ("from", b"pickle")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_order_of_10000_messages(pair, codec: Codec) -> None:
+    a, b = pair(codec)
+    count = 10_000
+    for i in range(count):
+        a.ch.send({"seq": i, "pad": "x" * (i % 50)})
+    assert [b.message()["seq"] for _ in range(count)] == list(range(count))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_16_mib_message(pair, codec: Codec) -> None:
+    a, b = pair(codec)
+    blob = os.urandom(12 * MiB)
+    message = base64.b64encode(blob).decode() if codec is JSON else blob  # 16 MiB either way
+    cbs = Callbacks()
+    a.ch.send(message, callback=cbs.new("big"))
+    assert b.message() == message
+    assert cbs.wait("big") is None
+
+
+def test_send_returns_false_past_the_high_water_mark(pair) -> None:
+    a, b = pair()
+    half = "x" * (HIGH_WATER_MARK // 2)
+    # Nothing is flushed before this greenlet yields, so each send queues.
+    assert a.ch.send(half) is True
+    assert a.ch.send(half) is False  # 2 x (64 KiB + quotes + header) >= 128 KiB
+    assert a.ch.send("small") is False
+    assert [b.message() for _ in range(3)] == [half, half, "small"]
+    # Everything went to the kernel: below the mark again.
+    assert a.ch.send("small") is True
+    assert b.message() == "small"
+
+
+def test_callback_gets_none_exactly_once_per_message(pair) -> None:
+    a, b = pair()
+    cbs = Callbacks()
+    for i in range(1000):
+        a.ch.send(i, callback=cbs.new(i))
+    a.ch.send("x" * MiB, callback=cbs.new("big"))  # more than one sendmsg takes
+    for _ in range(1001):
+        b.message()
+    cbs.wait_all()
+    # One more round trip, so a late duplicate call would have happened by now.
+    a.ch.send("last", callback=cbs.new("last"))
+    assert b.message() == "last" and cbs.wait("last") is None
+    assert all(calls == [None] for calls in cbs.calls.values())
+
+
+# ---------------------------------------------------------------- closing
+
+
+@pytest.mark.parametrize("peer_reads_first", [False, True], ids=["unread", "half-read"])
+def test_queued_messages_fail_when_the_peer_closes(raw_pair, peer_reads_first: bool) -> None:
+    a, peer = raw_pair()
+    cbs = Callbacks()
+    a.ch.send("first", callback=cbs.new("first"))
+    a.ch.send("x" * (4 * MiB), callback=cbs.new("big"))  # far more than the socket buffer
+    a.ch.send("after", callback=cbs.new("after"))
+    if peer_reads_first:
+        assert peer.frame().payload == b'"first"'
+        assert cbs.wait("first") is None
+    peer.close()
+    cbs.wait_all()
+    for key in ("big", "after"):
+        [err] = cbs.calls[key]
+        assert isinstance(err, ChannelClosedError), (key, err)
+        assert err.code == "ERR_IPC_CHANNEL_CLOSED"
+    a.wait_closed()
+    assert a.closed_count == 1
+    assert not a.ch.connected
+
+
+@pytest.mark.parametrize("with_callback", [True, False])
+def test_send_after_close_fails(pair, with_callback: bool) -> None:
+    a, _ = pair()
+    a.ch.close()
+    cbs = Callbacks()
+    assert a.ch.send("late", callback=cbs.new("late") if with_callback else None) is False
+    # Without a callback the error goes to the owner ('error' in Node).
+    err = cbs.wait("late") if with_callback else a.error()
+    assert isinstance(err, ChannelClosedError)
+
+
+def test_close_fails_unacknowledged_handles(raw_pair, opened) -> None:
+    a, peer = raw_pair()
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    a.ch.send("h", handle, callback=cbs.new("h"))
+    close_fds(peer.frame().fds)  # the peer got it but never acknowledges
+    a.ch.close()
+    assert isinstance(cbs.wait("h"), ChannelClosedError)
+    assert_connected(handle, other)  # still the sender's
+    a.wait_closed()
+
+
+def test_close_fails_what_the_kernel_has_not_taken(raw_pair) -> None:
+    a, peer = raw_pair()
+    cbs = Callbacks()
+    a.ch.send("x" * (4 * MiB), callback=cbs.new("big"))  # never read: cannot all be written
+    a.ch.close()
+    assert isinstance(cbs.wait("big"), ChannelClosedError)
+    a.wait_closed()
+    assert a.closed_count == 1
+
+
+def test_disconnect_flushes_the_queue_then_both_ends_close(pair) -> None:
+    a, b = pair()
+    cbs = Callbacks()
+    for i in range(100):
+        a.ch.send(i, callback=cbs.new(i))
+    big = "y" * (2 * MiB)  # takes many sendmsg calls and the write watcher
+    a.ch.send(big, callback=cbs.new("big"))
+    a.ch.disconnect()
+    assert not a.ch.connected
+    assert [b.message() for _ in range(100)] == list(range(100))
+    assert b.message() == big
+    cbs.wait_all()
+    assert all(calls == [None] for calls in cbs.calls.values())
+    a.wait_closed()
+    b.wait_closed()
+    assert (a.closed_count, b.closed_count) == (1, 1)
+    a.ch.disconnect()  # a second disconnect is a no-op
+    assert a.closed_count == 1
+
+
+def test_disconnect_with_a_handle_in_flight_still_acknowledges_it(pair, opened) -> None:
+    a, b = pair()
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    a.ch.send("h", handle, callback=cbs.new("h"))
+    a.ch.disconnect()
+    message, received = take(b.messages, "the handle")
+    opened(received)
+    assert message == "h"
+    assert cbs.wait("h") is None
+    assert handle.fileno() == -1
+    assert_connected(received, other)
+    a.wait_closed()
+    b.wait_closed()
+
+
+def test_fileno_is_the_socket_until_closed() -> None:
+    left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    fd = left.fileno()
+    a = End(left)
+    try:
+        assert a.ch.fileno() == fd
+    finally:
+        a.ch.close()
+        right.close()
+    assert a.ch.fileno() == -1
+    assert left.fileno() == -1  # the channel closed the socket it owned
+
+
+@pytest.mark.parametrize("ref", [True, False])
+def test_ref_and_unref_flip_the_read_watcher(pair, ref: bool) -> None:
+    a, _ = pair(ref=ref)
+    watcher = a.ch._read_watcher
+    assert watcher.ref is ref
+    a.ch._ref_counted(True)  # a 'message' listener keeps it alive
+    assert watcher.ref is True
+    a.ch._ref_counted(False)
+    assert watcher.ref is ref
+    a.ch.unref()
+    assert watcher.ref is False
+    a.ch._ref_counted(True)  # an explicit unref() wins over listeners
+    assert watcher.ref is False
+    a.ch.ref()
+    assert watcher.ref is True
+    a.ch.close()
+    assert watcher.ref is False  # a closed channel keeps nothing alive
+
+
+# ---------------------------------------------------------------- handles
+
+
+def _unix_stream(opened, kind):
+    handle, other = unix_pair(opened, kind)
+    return handle, lambda received: assert_connected(received, other)
+
+
+def _unix_dgram(opened, kind):
+    handle, other = unix_pair(opened, kind, socket.SOCK_DGRAM)
+
+    def prove(received):
+        received.send(b"dgram")
+        assert other.recv(16) == b"dgram"
+
+    return handle, prove
+
+
+def _udp(opened, kind):
+    handle = opened(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    handle.bind(("127.0.0.1", 0))
+    address = handle.getsockname()
+    sender = opened(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+    def prove(received):
+        assert received.getsockname() == address
+        sender.sendto(b"datagram", address)
+        with gevent.Timeout(WAIT, AssertionError("the datagram never arrived")):
+            assert received.recvfrom(64)[0] == b"datagram"
+
+    return handle, prove
+
+
+def _tcp_connection(opened, kind):
+    listener = opened(socket.socket())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = opened(socket.create_connection(listener.getsockname()))
+    handle = opened(listener.accept()[0])
+
+    def prove(received):
+        assert received.getpeername() == client.getsockname()
+        assert_connected(received, client)
+
+    return handle, prove
+
+
+def _tcp_listener(opened, kind):
+    handle = opened(socket.socket())
+    handle.bind(("127.0.0.1", 0))
+    handle.listen()
+    address = handle.getsockname()
+
+    def prove(received):
+        client = opened(socket.create_connection(address))
+        with gevent.Timeout(WAIT, AssertionError("the connection was never accepted")):
+            conn = opened(received.accept()[0])
+        assert_connected(conn, client)
+
+    return handle, prove
+
+
+UNIX, INET, STREAM, DGRAM = socket.AF_UNIX, socket.AF_INET, socket.SOCK_STREAM, socket.SOCK_DGRAM
+HANDLES = [
+    pytest.param(_unix_stream, "gevent", UNIX, STREAM, id="unix-stream-gevent"),
+    pytest.param(_unix_stream, "stdlib", UNIX, STREAM, id="unix-stream-stdlib"),
+    pytest.param(_unix_dgram, "gevent", UNIX, DGRAM, id="unix-dgram"),
+    pytest.param(_udp, "gevent", INET, DGRAM, id="udp"),
+    pytest.param(_tcp_connection, "gevent", INET, STREAM, id="tcp"),
+    pytest.param(_tcp_listener, "gevent", INET, STREAM, id="tcp-listener"),
+]
+
+
+@pytest.mark.parametrize("make, kind, family, type_", HANDLES)
+@pytest.mark.parametrize("keep_open", [False, True], ids=["closed", "keep_open"])
+def test_socket_handles_pass_over_scm_rights(
+    pair, opened, make, kind, family, type_, keep_open: bool
+) -> None:
+    a, b = pair()
+    handle, prove = make(opened, kind)
+    cbs = Callbacks()
+    options = {"keep_open": True} if keep_open else None
+    assert a.ch.send({"n": 1}, handle, options, callback=cbs.new("h")) is True
+    message, received = take(b.messages, "the handle")
+    opened(received)
+    assert message == {"n": 1}
+    assert isinstance(received, gsocket.socket)
+    assert (received.family, received.type) == (family, type_)
+    assert not received.get_inheritable()  # MSG_CMSG_CLOEXEC: no leak into exec'd children
+    prove(received)
+    assert cbs.wait("h") is None
+    # The sender's copy went once the ACK came, unless keep_open.
+    assert (handle.fileno() == -1) is not keep_open
+    if keep_open:
+        prove(handle)  # both copies are the same endpoint and both work
+
+
+def test_many_handles_interleaved_with_messages_each_keep_their_own_fd(pair, opened) -> None:
+    # More fds than one sendmsg may carry (253), each frame with its own: the
+    # write batching must never move an fd to another frame.
+    a, b = pair()
+    cbs = Callbacks()
+    inodes = []
+    count = 300
+    for i in range(count):
+        handle, _ = unix_pair(opened)
+        inodes.append(os.fstat(handle.fileno()).st_ino)
+        a.ch.send({"i": i}, handle, callback=cbs.new(("handle", i)))
+        a.ch.send({"plain": i}, callback=cbs.new(("plain", i)))
+    for i in range(count):
+        message, received = take(b.messages, f"handle {i}")
+        opened(received)
+        assert message == {"i": i}
+        assert os.fstat(received.fileno()).st_ino == inodes[i]  # the very same socket
+        assert b.message() == {"plain": i}
+    cbs.wait_all()
+    assert all(calls == [None] for calls in cbs.calls.values())
+
+
+def test_handle_callback_waits_for_the_ack(raw_pair, opened) -> None:
+    a, peer = raw_pair()
+    handle, _ = unix_pair(opened)
+    cbs = Callbacks()
+    a.ch.send("h", handle, callback=cbs.new("h"))
+    a.ch.send("after", callback=cbs.new("after"))
+    frame = peer.frame()
+    close_fds(frame.fds)
+    assert (frame.handle, len(frame.fds)) == (_handles.RAW, 1) and frame.ident
+    # "after" went in the same sendmsg and is done; "h" waits for its ACK.
+    assert cbs.wait("after") is None
+    assert peer.frame().payload == b'"after"'
+    assert cbs.calls["h"] == [] and handle.fileno() != -1
+    peer.send(_wire.encode_ack(frame.ident))
+    assert cbs.wait("h") is None
+    assert handle.fileno() == -1
+
+
+@pytest.mark.parametrize("closer", ["raw-peer-after-reading", "channel-peer-before-reading"])
+def test_handle_in_flight_when_the_receiver_closes_stays_with_the_sender(
+    pair, raw_pair, opened, closer: str
+) -> None:
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    if closer == "raw-peer-after-reading":
+        a, peer = raw_pair()
+        a.ch.send("h", handle, callback=cbs.new("h"))
+        close_fds(peer.frame().fds)
+        peer.close()
+    else:
+        a, b = pair()
+        a.ch.send("h", handle, callback=cbs.new("h"))
+        b.ch.close()  # before a's queue is even flushed
+    err = cbs.wait("h")
+    assert isinstance(err, ChannelClosedError)
+    assert handle.fileno() != -1
+    assert_connected(handle, other)  # unread and usable: send it elsewhere
+    a.wait_closed()
+
+
+def test_nack_leaves_the_handle_with_the_sender(raw_pair, opened) -> None:
+    a, peer = raw_pair()
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    a.ch.send("h", handle, callback=cbs.new("h"))
+    frame = peer.frame()
+    close_fds(frame.fds)
+    peer.send(_wire.encode_ack(frame.ident, _wire.NACK))
+    assert isinstance(cbs.wait("h"), ProtocolError)
+    assert_connected(handle, other)
+    a.ch.send("still open")
+    assert peer.frame().payload == b'"still open"'
+
+
+def test_ack_of_an_unknown_message_is_reported(raw_pair) -> None:
+    a, peer = raw_pair()
+    peer.send(_wire.encode_ack(12345))
+    err = a.error()
+    assert isinstance(err, ProtocolError) and "12345" in str(err)
+
+
+# ---------------------------------------------------------------- caller mistakes
+
+
+def _file(opened):
+    f = open(os.devnull, "rb")  # noqa: SIM115 - closed by the fixture
+    opened(f)
+    return f
+
+
+def _closed_socket(opened):
+    sock = socket.socket()
+    sock.close()
+    return sock
+
+
+@pytest.mark.parametrize(
+    "make_handle",
+    [
+        pytest.param(lambda opened: 3, id="int-fd"),
+        pytest.param(lambda opened: "socket", id="str"),
+        pytest.param(_file, id="file"),
+        pytest.param(_closed_socket, id="closed-socket"),
+    ],
+)
+def test_invalid_handle_raises_before_anything_is_queued(pair, opened, make_handle) -> None:
+    a, b = pair()
+    cbs = Callbacks()
+    with pytest.raises(InvalidHandleTypeError) as info:
+        a.ch.send("bad", make_handle(opened), callback=cbs.new("bad"))
+    assert info.value.code == "ERR_INVALID_HANDLE_TYPE"
+    assert isinstance(info.value, TypeError)
+    assert_nothing_queued_and_still_usable(a, b, cbs)
+
+
+def assert_nothing_queued_and_still_usable(a: End, b: End, cbs: Callbacks) -> None:
+    assert (a.ch._queued_bytes, len(a.ch._queue), a.ch._awaiting) == (0, 0, {})
+    a.ch.send("next", callback=cbs.new("next"))
+    assert b.message() == "next"  # the first thing the peer sees
+    assert cbs.wait("next") is None
+    assert cbs.calls["bad"] == []  # a raised send never calls back
+    assert a.ch.connected
+
+
+@pytest.mark.parametrize(
+    "codec, make_message",
+    [
+        pytest.param(JSON, object, id="json-object"),
+        pytest.param(JSON, lambda: {1, 2}, id="json-set"),
+        pytest.param(PICKLE, lambda: lambda: None, id="pickle-lambda"),
+        pytest.param(PICKLE, lambda: (i for i in ()), id="pickle-generator"),
+    ],
+)
+@pytest.mark.parametrize("with_handle", [False, True], ids=["no-handle", "handle"])
+def test_unserialisable_message_raises_before_anything_is_queued(
+    pair, opened, codec: Codec, make_message, with_handle: bool
+) -> None:
+    a, b = pair(codec)
+    handle, other = unix_pair(opened) if with_handle else (None, None)
+    cbs = Callbacks()
+    with pytest.raises(SerializationError) as info:
+        a.ch.send(make_message(), handle, callback=cbs.new("bad"))
+    assert isinstance(info.value, TypeError)
+    assert info.value.code == "ERR_IPC_SERIALIZATION"
+    assert_nothing_queued_and_still_usable(a, b, cbs)
+    if with_handle:
+        assert_connected(handle, other)  # untouched
+
+
+def test_unserialisable_message_leaves_a_net_socket_reading(pair, opened) -> None:
+    # send() must fail before it takes the socket over (stops its reader).
+    a, _ = pair()
+    mine, other = unix_pair(opened)
+    sock = net.Socket(mine)
+    data: Queue = Queue()
+    sock.on("data", data.put)
+    try:
+        with pytest.raises(SerializationError):
+            a.ch.send(object(), sock)
+        other.sendall(b"still read here")
+        assert take(data, "data on the net.Socket") == b"still read here"
+    finally:
+        sock.destroy()
+
+
+def test_message_over_max_size_raises_at_send(pair) -> None:
+    a, b = pair(max_size=1024)
+    cbs = Callbacks()
+    with pytest.raises(SerializationError, match="1025 bytes"):
+        a.ch.send("x" * 1023, callback=cbs.new("bad"))  # 1025 bytes with the quotes
+    assert_nothing_queued_and_still_usable(a, b, cbs)
+    a.ch.send("x" * 1022)  # exactly the limit
+    assert b.message() == "x" * 1022
+
+
+def test_message_over_the_receivers_max_size_is_a_protocol_error(opened) -> None:
+    left, right = opened(*_socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM))
+    a, b = End(left), End(right, max_size=1024)
+    try:
+        a.ch.send("x" * 2000)
+        err = b.error()
+        assert isinstance(err, ProtocolError) and "1024" in str(err)
+        b.wait_closed()
+        a.wait_closed()
+    finally:
+        a.ch.close()
+        b.ch.close()
+
+
+# ---------------------------------------------------------------- broken peers
+
+
+def _header(size=0, kind=_wire.MESSAGE, codec=1, handle=0, flags=0, nfds=0, ident=0) -> bytes:
+    return _wire.HEADER.pack(size, kind, codec, handle, flags, nfds, ident)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xff" * 14, id="garbage"),
+        pytest.param(_header(kind=9), id="unknown-kind"),
+        pytest.param(_header(size=3, kind=_wire.ACK, ident=1) + b"abc", id="ack-with-payload"),
+        pytest.param(_header(size=_wire.MAX_FRAME_SIZE + 1), id="oversized"),
+        pytest.param(_header(nfds=_wire.MAX_FDS + 1, ident=1), id="too-many-fds"),
+        pytest.param(
+            _header(size=2, handle=_handles.RAW, nfds=1, ident=1) + b"{}", id="fd-missing"
+        ),
+    ],
+)
+def test_malformed_frame_is_a_protocol_error_and_closes(raw_pair, data: bytes) -> None:
+    a, peer = raw_pair()
+    peer.send(data)
+    err = a.error()
+    assert isinstance(err, ProtocolError)
+    assert err.code == "ERR_IPC_PROTOCOL"
+    assert err.data == data[:64]
+    a.wait_closed()
+    assert a.closed_count == 1
+    peer.wait_eof()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_header(size=10)[:5], id="inside-header"),
+        pytest.param(_header(size=10) + b'"abc', id="inside-payload"),
+    ],
+)
+def test_eof_inside_a_frame_is_a_protocol_error(raw_pair, data: bytes) -> None:
+    a, peer = raw_pair()
+    peer.send(data)
+    peer.sock.shutdown(socket.SHUT_WR)
+    err = a.error()
+    assert isinstance(err, ProtocolError) and "EOF" in str(err)
+    a.wait_closed()
+
+
+def test_eof_between_frames_is_a_clean_close(raw_pair) -> None:
+    a, peer = raw_pair()
+    peer.send_message("last words")
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert a.message() == "last words"
+    a.wait_closed()
+    assert a.errors.empty()
+
+
+@pytest.mark.parametrize(
+    "payload, codec",
+    [
+        pytest.param(b"{not json", JSON.ident, id="bad-json"),
+        pytest.param(b"garbage", PICKLE.ident, id="bad-pickle"),
+        pytest.param(b"1", 77, id="unknown-codec"),
+    ],
+)
+def test_undecodable_message_is_reported_and_skipped(raw_pair, payload: bytes, codec: int) -> None:
+    # The frame itself was sound: only that message is lost, not the channel.
+    a, peer = raw_pair()
+    peer.send(_header(size=len(payload), codec=codec) + payload)
+    peer.send_message("next")
+    assert isinstance(a.error(), ProtocolError)
+    assert a.message() == "next"
+    assert a.ch.connected
+
+
+@pytest.fixture
+def spare_fds():
+    """``spare_fds(n)``: ``n`` fresh fds to send (the sender's copies are closed)."""
+    made: list = []
+
+    def make(n: int) -> tuple:
+        fds = tuple(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(n))
+        made.extend(fds)
+        return fds
+
+    yield make
+    close_fds(made)
+
+
+@pytest.mark.parametrize(
+    "handle_type",
+    [
+        pytest.param(99, id="unknown-type"),
+        pytest.param(_handles.RAW, id="socket-but-not-a-socket-fd"),
+        pytest.param(_handles.SOCKET, id="net-socket-but-not-a-socket-fd"),
+    ],
+)
+def test_handle_that_cannot_be_rebuilt_is_nacked_and_its_fd_closed(
+    raw_pair, spare_fds, handle_type: int
+) -> None:
+    a, peer = raw_pair()
+    fds = spare_fds(1)  # /dev/null: no socket can be made of it
+    peer.send_message("h", fds, handle=handle_type, ident=7)
+    assert isinstance(a.error(), ProtocolError)
+    answer = peer.frame()
+    assert (answer.kind, answer.ident) == (_wire.NACK, 7)
+    assert a.messages.empty() and a.ch.connected
+    # The fd that came with it is closed: the conftest's leak check sees to it.
+
+
+def test_extra_fds_of_a_frame_are_closed(raw_pair, spare_fds, opened) -> None:
+    # A frame may announce more fds than its handle needs: the rest are closed.
+    a, peer = raw_pair()
+    mine, other = unix_pair(opened)
+    peer.send_message("h", (mine.fileno(), *spare_fds(2)), handle=_handles.RAW, ident=3)
+    message, received = take(a.messages, "the handle")
+    opened(received)
+    assert message == "h"
+    assert_connected(received, other)
+    answer = peer.frame()
+    assert (answer.kind, answer.ident) == (_wire.ACK, 3)
+
+
+@pytest.mark.parametrize("then", ["another-frame", "eof"])
+def test_fds_no_frame_claims_are_closed(raw_pair, spare_fds, then: str) -> None:
+    a, peer = raw_pair()
+    # The frame announces no fds, yet two come with its first byte.
+    data, _ = _wire.encode(_wire.Frame(_wire.MESSAGE, b'"first"', codec=JSON.ident))
+    peer.send(data, spare_fds(2))
+    if then == "another-frame":
+        peer.send_message("second")
+    else:
+        peer.sock.shutdown(socket.SHUT_WR)
+    assert a.message() == "first"
+    err = a.error()
+    assert isinstance(err, ProtocolError) and "no frame claimed" in str(err)
+    a.wait_closed()
+    assert a.messages.empty()
+
+
+def test_frame_with_more_fds_than_it_announces_is_a_protocol_error(raw_pair, spare_fds) -> None:
+    a, peer = raw_pair()
+    frame = _wire.Frame(_wire.MESSAGE, b"1", (0,), JSON.ident, _handles.RAW, ident=1)
+    data, _ = _wire.encode(frame)  # one fd announced...
+    peer.send(data, spare_fds(2))  # ...two sent
+    err = a.error()
+    assert isinstance(err, ProtocolError) and "2 arrived" in str(err)
+    a.wait_closed()
+
+
+# ---------------------------------------------------------------- MSG_CTRUNC
+
+
+def _open_fd_numbers() -> set:
+    listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    opened = set()
+    for fd in listed:  # listdir's own fd is closed by now
+        with contextlib.suppress(OSError):
+            os.fstat(fd)
+            opened.add(fd)
+    return opened
+
+
+@contextlib.contextmanager
+def fd_room(free: int):
+    """Lower RLIMIT_NOFILE so that exactly ``free`` more fds can be opened.
+
+    Process-wide, so the window is kept short and nothing but the channel
+    under test runs in it (all sockets are made before).
+    """
+    gevent.sleep(0)  # let gevent's deferred closes happen first
+    taken = _open_fd_numbers()
+    slots = [fd for fd in range(max(taken) + free + 2) if fd not in taken]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (slots[free], hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("room", [0, 1])
+def test_fds_the_kernel_drops_are_nacked(raw_pair, spare_fds, room: int) -> None:
+    a, peer = raw_pair()
+    fds = spare_fds(2)
+    with fd_room(room):
+        # Only ``room`` of the 2 fds fit in the receiver: MSG_CTRUNC.
+        peer.send_message("h", fds, handle=_handles.RAW, ident=5)
+        err = a.error()
+    assert isinstance(err, ProtocolError) and "MSG_CTRUNC" in str(err)
+    answer = peer.frame()
+    assert (answer.kind, answer.ident) == (_wire.NACK, 5)
+    assert a.messages.empty()
+    # The channel survives it (the fd that did arrive is closed).
+    peer.send_message("after")
+    assert a.message() == "after"
+
+
+# ---------------------------------------------------------------- ChannelOwner
+
+
+@pytest.fixture
+def owned(opened):
+    """``owned() -> (ChannelOwner, End)``: a real owner at one end, an End at the other."""
+    made: list = []
+
+    def make() -> tuple:
+        left, right = opened(*_socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM))
+        owner = ChannelOwner()
+        owner.channel = Channel(left, owner, JSON)
+        peer = End(right)
+        made.extend((owner.channel, peer.ch))
+        return owner, peer
+
+    yield make
+    for channel in made:
+        channel.close()
+
+
+def test_owner_without_a_channel() -> None:
+    owner = ChannelOwner()
+    assert owner.connected is False
+    with pytest.raises(ChannelClosedError) as info:
+        owner.send("x")
+    assert info.value.code == "ERR_IPC_CHANNEL_CLOSED"
+    owner.disconnect()  # nothing to do
+
+
+def test_owner_emits_message_disconnect_and_error(owned) -> None:
+    owner, peer = owned()
+    messages: Queue = Queue()
+    errors: Queue = Queue()
+    disconnected = Event()
+    owner.on("message", lambda message, handle: messages.put((message, handle)))
+    owner.on("error", errors.put)
+    owner.on("disconnect", disconnected.set)
+    assert owner.connected
+    peer.ch.send({"hello": 1})
+    assert take(messages, "'message'") == ({"hello": 1}, None)
+    owner.send("back")
+    assert peer.message() == "back"
+    peer.ch._sock.send(_wire.encode_ack(98))  # behind the peer channel's back: a bad frame
+    assert isinstance(take(errors, "'error'"), ProtocolError)
+    peer.ch.disconnect()
+    assert disconnected.wait(timeout=WAIT), "no 'disconnect'"
+    assert not owner.connected
+
+
+def test_owner_with_no_message_listener_closes_a_received_handle(owned, opened) -> None:
+    owner, peer = owned()
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    peer.ch.send("nobody listens", handle, callback=cbs.new("h"))
+    assert cbs.wait("h") is None  # acknowledged: it reached the owner
+    # Both copies are gone (ours after the ACK, the owner's unheard), so EOF.
+    with gevent.Timeout(WAIT, AssertionError("the received handle was leaked, not closed")):
+        assert other.recv(16) == b""

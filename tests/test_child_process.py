@@ -1,0 +1,377 @@
+"""``geventfork.fork()`` and ``ChildProcess``, with real child processes.
+
+Each test forks one or two scripts from ``tests/children/`` (through the
+``spawn_child`` fixture, which stops them at teardown) and waits on events,
+each wait bounded.
+"""
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import gevent
+import pytest
+from gevent.event import AsyncResult
+from gevent.queue import Queue
+
+import geventfork
+from geventfork.errors import (
+    ChannelClosedError,
+    GeventforkError,
+    InvalidHandleTypeError,
+    SerializationError,
+)
+
+CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
+TIMEOUT = 5
+MiB = 1024 * 1024
+
+
+def inbox(emitter):
+    """A queue that gets every message ``emitter`` receives."""
+    queue = Queue()
+    emitter.on("message", lambda message, handle: queue.put(message))
+    return queue
+
+
+def take(queue, count=1):
+    """The next ``count`` items of ``queue``, waiting at most ``TIMEOUT`` in all."""
+    with gevent.Timeout(TIMEOUT):
+        return [queue.get() for _ in range(count)]
+
+
+def record(emitter, *events):
+    """A list of ``(event, *args)`` tuples, appended as ``emitter`` emits them."""
+    seen = []
+    for name in events:
+        emitter.on(name, lambda *args, name=name: seen.append((name, *args)))
+    return seen
+
+
+def next_event(emitter, event):
+    """An ``AsyncResult`` set to the arguments of ``emitter``'s next ``event``."""
+    result = AsyncResult()
+    emitter.once(event, lambda *args: result.set(args))
+    return result
+
+
+def python_env():
+    """Our environment, plus what a ``python -m geventfork`` subprocess needs to import us."""
+    home = os.path.dirname(os.path.dirname(os.path.abspath(geventfork.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": home + (os.pathsep + path if path else "")}
+
+
+def gone(pid):
+    """Whether ``pid`` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def wait_gone(pid, timeout=TIMEOUT):
+    """Poll until ``pid`` has exited; return whether it did within ``timeout``."""
+    with gevent.Timeout(timeout, False):
+        while not gone(pid):
+            gevent.sleep(0.02)
+    return gone(pid)
+
+
+def kill_quietly(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# -- messages -------------------------------------------------------------
+
+JSON_MESSAGES = [
+    None, True, 0, -1.5, 2**62, "", "héllo ✓", [], {}, [1, "two", None],
+    {"nested": {"list": [1, 2, {"deep": True}]}, "unicode": "日本"},
+]
+PICKLE_MESSAGES = [
+    None, b"\x00\xffbytes", (1, 2), {1, 2, 3}, frozenset("ab"), 3 + 4j,
+    datetime.datetime(2024, 1, 2, 3, 4, 5), {"tuple_key": (1, "a")},
+]
+
+
+@pytest.mark.parametrize(
+    "serialization, messages, expected",
+    [
+        # JSON has no tuples: they come back as lists.
+        ("json", JSON_MESSAGES + [(1, 2)], JSON_MESSAGES + [[1, 2]]),
+        ("pickle", PICKLE_MESSAGES, PICKLE_MESSAGES),
+    ],
+)
+def test_messages_round_trip(spawn_child, serialization, messages, expected):
+    child = spawn_child("echo.py", serialization=serialization)
+    replies = inbox(child)
+    for message in messages:
+        assert child.send(message) is True
+    assert take(replies, len(messages)) == expected
+
+
+def test_ten_thousand_messages_keep_their_order(spawn_child):
+    child = spawn_child("echo.py")
+    replies = inbox(child)
+    for i in range(10_000):
+        child.send(i)
+    assert take(replies, 10_000) == list(range(10_000))
+
+
+@pytest.mark.parametrize("serialization", ["json", "pickle"])
+def test_16_mib_message_round_trip(spawn_child, serialization):
+    message = "x" * (16 * MiB) if serialization == "json" else os.urandom(16 * MiB)
+    child = spawn_child("echo.py", serialization=serialization)
+    replies = inbox(child)
+    sent = AsyncResult()
+    assert child.send(message, callback=sent.set) is False  # past the high-water mark
+    assert sent.get(timeout=TIMEOUT) is None
+    assert take(replies) == [message]
+
+
+def test_send_returns_and_calls_back(spawn_child):
+    child = spawn_child("echo.py")
+    first = next_event(child, "message")
+    replies = inbox(child)
+    calls = []
+    assert child.send("small", callback=calls.append) is True
+    assert child.send("x" * 200_000, callback=calls.append) is False  # past 128 KiB queued
+    assert take(replies, 2) == ["small", "x" * 200_000]  # delivered all the same
+    assert first.get(timeout=TIMEOUT) == ("small", None)  # 'message'(message, handle)
+    assert calls == [None, None]  # each callback once, once handed to the kernel
+    assert child.send("small again") is True  # the queue drained
+
+
+@pytest.mark.parametrize("keep_open", [False, True])
+def test_send_a_socket_handle(spawn_child, keep_open):
+    child = spawn_child("handle_writer.py")
+    replies = inbox(child)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        acked = AsyncResult()
+        child.send("through the handle", theirs, {"keep_open": keep_open}, callback=acked.set)
+        assert acked.get(timeout=TIMEOUT) is None
+        assert take(replies) == ["written"]
+        assert (theirs.fileno() >= 0) is keep_open  # our copy closed on the ACK unless kept
+        ours.settimeout(TIMEOUT)
+        received = ours.recv(100)
+        assert received == b"through the handle"
+        if not keep_open:
+            assert ours.recv(100) == b""  # the child's copy was the last one
+
+
+def closed_socket():
+    sock = socket.socket()
+    sock.close()
+    return sock
+
+
+@pytest.mark.parametrize(
+    "serialization, bad_sends",
+    [
+        ("json", [
+            (object(), None, SerializationError, "ERR_IPC_SERIALIZATION"),
+            ({"set": {1}}, None, SerializationError, "ERR_IPC_SERIALIZATION"),
+            ("message", object(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+        ]),
+        ("pickle", [
+            (lambda: None, None, SerializationError, "ERR_IPC_SERIALIZATION"),
+            ("message", 5, InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+            ("message", closed_socket(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+        ]),
+    ],
+)
+def test_send_raises_before_queueing(spawn_child, serialization, bad_sends):
+    child = spawn_child("echo.py", serialization=serialization)
+    replies = inbox(child)
+    for message, handle, error, code in bad_sends:
+        with pytest.raises(error) as caught:
+            child.send(message, handle)
+        assert caught.value.code == code
+        assert isinstance(caught.value, GeventforkError) and isinstance(caught.value, TypeError)
+    child.send("after")
+    assert take(replies) == ["after"]  # nothing of the failed sends went out
+
+
+# -- spawning -------------------------------------------------------------
+
+
+def test_spawn_event_pid_and_spawnargs(spawn_child):
+    child = spawn_child("report.py", "a", 2)
+    spawned = next_event(child, "spawn")
+    report = inbox(child)
+    assert isinstance(child.pid, int) and child.pid > 0
+    assert spawned.get(timeout=TIMEOUT) == ()
+    assert take(report)[0]["pid"] == child.pid
+    script = os.path.join(CHILDREN_DIR, "report.py")
+    assert child.spawnargs[0] == sys.executable
+    assert child.spawnargs[-3:] == [script, "a", "2"]
+    assert child.stdin is child.stdout is child.stderr is None  # not silent
+
+
+def test_fork_a_dotted_module_name(children):
+    # With cwd on the child's sys.path (as `python -m` does), "echo" is tests/children/echo.py.
+    child = geventfork.fork("echo", cwd=CHILDREN_DIR)
+    children.append(child)
+    replies = inbox(child)
+    child.send("by module name")
+    assert take(replies) == ["by module name"]
+
+
+def test_spawn_failure_emits_error(children):
+    child = geventfork.fork(os.path.join(CHILDREN_DIR, "echo.py"), exec_path="/nonexistent/python")
+    children.append(child)
+    failed = next_event(child, "error")
+    (err,) = failed.get(timeout=TIMEOUT)
+    assert isinstance(err, FileNotFoundError)
+    assert child.pid is None
+    assert not child.connected
+    with pytest.raises(ChildProcessError):
+        child.wait(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["defaults", "given"])
+def test_exec_argv_cwd_env_and_monkey(spawn_child, tmp_path, monkeypatch, given):
+    monkeypatch.setenv("GEVENTFORK_TEST_INHERITED", "from the parent")
+    options = {}
+    if given:
+        options = {
+            "exec_argv": ["-O"],
+            "cwd": str(tmp_path),
+            "env": {"GEVENTFORK_TEST_GIVEN": "given", "PATH": os.environ.get("PATH", "")},
+            "monkey": False,
+        }
+    report = take(inbox(spawn_child("report.py", **options)))[0]
+    assert report["optimize"] == (1 if given else 0)
+    assert report["patched"] is not given  # monkey=False: gevent did not patch the child
+    assert report["cwd"] == (str(tmp_path) if given else os.getcwd())
+    env = report["env"]
+    if given:
+        assert env["GEVENTFORK_TEST_GIVEN"] == "given"
+        assert "GEVENTFORK_TEST_INHERITED" not in env
+    else:
+        assert env["GEVENTFORK_TEST_INHERITED"] == "from the parent"
+    # The runner takes its own variables out before the script runs.
+    assert not [name for name in env if name.startswith("GEVENTFORK_") and "_TEST_" not in name]
+
+
+@pytest.mark.parametrize("silent", [True, False])
+def test_silent_pipes_stdout_and_stderr(spawn_child, capfd, silent):
+    child = spawn_child("say.py", "to stdout", "to stderr", silent=silent)
+    assert child.wait(timeout=TIMEOUT) == 0
+    if silent:
+        with gevent.Timeout(TIMEOUT):
+            assert child.stdout.read() == b"to stdout"
+            assert child.stderr.read() == b"to stderr"
+    else:
+        assert child.stdout is None and child.stderr is None
+        out, err = capfd.readouterr()  # inherited: the child wrote to our fds
+        assert "to stdout" in out and "to stderr" in err
+
+
+# -- exit, close and kill -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script, args, kill, code, signal_code, status",
+    [
+        ("exit_with.py", ["0"], None, 0, None, 0),
+        ("exit_with.py", ["3"], None, 3, None, 3),
+        ("sleeper.py", [], (signal.SIGKILL,), None, "SIGKILL", -9),
+        ("sleeper.py", [], (), None, "SIGTERM", -15),  # kill() defaults to SIGTERM
+    ],
+    ids=["exit-0", "exit-3", "SIGKILL", "default-SIGTERM"],
+)
+def test_exit_and_close(spawn_child, script, args, kill, code, signal_code, status):
+    child = spawn_child(script, *args)
+    seen = record(child, "exit", "disconnect", "close")
+    closed = next_event(child, "close")
+    if kill is not None:
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.05)
+        assert child.exit_code is None and child.signal_code is None
+        assert child.kill(*kill) is True
+    assert child.wait(timeout=TIMEOUT) == status
+    assert (child.exit_code, child.signal_code) == (code, signal_code)
+    assert child.killed is (kill is not None)
+    assert closed.get(timeout=TIMEOUT) == (code, signal_code)
+    assert seen[-1] == ("close", code, signal_code)
+    assert ("exit", code, signal_code) in seen and ("disconnect",) in seen
+    assert not child.connected
+    assert child.kill() is False  # nothing left to signal
+
+
+@pytest.mark.parametrize(
+    "options, status, signal_code",
+    [
+        ({}, -signal.SIGTERM, "SIGTERM"),
+        ({"kill_signal": signal.SIGKILL}, -signal.SIGKILL, "SIGKILL"),
+    ],
+    ids=["default-SIGTERM", "SIGKILL"],
+)
+def test_timeout_option_kills_with_kill_signal(spawn_child, options, status, signal_code):
+    child = spawn_child("sleeper.py", timeout=0.2, **options)
+    assert child.wait(timeout=TIMEOUT) == status
+    assert child.signal_code == signal_code
+    assert child.killed
+
+
+# -- disconnect -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["parent", "child"])
+def test_disconnect(spawn_child, side):
+    child = spawn_child("count_messages.py")
+    disconnected = next_event(child, "disconnect")
+    assert child.connected
+    for i in range(100):
+        child.send(i)
+    if side == "parent":
+        child.disconnect()  # flushes the 100 queued messages first
+    else:
+        child.send("disconnect")  # the child calls process.disconnect()
+    assert disconnected.get(timeout=TIMEOUT) == ()
+    assert not child.connected
+    # The child's 'disconnect' listener exits with the number of messages it got.
+    assert child.wait(timeout=TIMEOUT) == (100 if side == "parent" else 101)
+
+    failed = AsyncResult()
+    assert child.send("too late", callback=failed.set) is False
+    err = failed.get(timeout=TIMEOUT)
+    assert isinstance(err, ChannelClosedError) and err.code == "ERR_IPC_CHANNEL_CLOSED"
+    assert isinstance(err, GeventforkError)
+    emitted = next_event(child, "error")  # without a callback: 'error'
+    assert child.send("too late") is False
+    (err,) = emitted.get(timeout=TIMEOUT)
+    assert isinstance(err, ChannelClosedError)
+
+
+# -- ref / unref ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("calls, exits", [(["unref"], True), (["unref", "ref"], False)])
+def test_unref_lets_the_parent_exit(popen, calls, exits):
+    parent = gevent.subprocess.Popen(
+        [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "fork_echo.py"), *calls],
+        stdout=subprocess.PIPE, env=python_env(),
+    )
+    popen.append(parent)
+    with gevent.Timeout(TIMEOUT):
+        child_pid = int(parent.stdout.readline())
+    try:
+        if exits:
+            assert parent.wait(timeout=TIMEOUT) == 0  # the connected child did not hold it
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                parent.wait(timeout=0.3)
+            parent.terminate()
+        assert wait_gone(child_pid), "the orphaned child did not exit with its channel"
+    finally:
+        kill_quietly(child_pid)
