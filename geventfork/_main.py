@@ -26,7 +26,8 @@ USAGE = "usage: python -m geventfork SCRIPT [ARGS...]\n"
 def main(argv: list | None = None) -> None:
     """Patch with gevent, run SCRIPT as ``__main__``, then run the hub.
 
-    Exits with the script's status, or 1 on an uncaught exception.
+    Exits with the script's status, or 1 on an uncaught exception. Ctrl-C
+    ends the process by SIGINT, quietly, as it ends ``node``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -36,7 +37,15 @@ def main(argv: list | None = None) -> None:
         from gevent import monkey
 
         monkey.patch_all()
-    sys.exit(run_script(args[0], args[1:]))
+    from gevent import get_hub
+
+    hub = get_hub()  # Ctrl-C: no "KeyboardInterrupt <time>" line from the hub
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+    try:
+        status = run_script(args[0], args[1:])
+    except KeyboardInterrupt:
+        _die_by_sigint()
+    sys.exit(status)
 
 
 def run_script(script: str, args: list) -> int:
@@ -60,6 +69,8 @@ def run_script(script: str, args: list) -> int:
             runpy.run_module(script, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         return _status(exc.code)
+    except KeyboardInterrupt:
+        raise
     except BaseException:
         traceback.print_exc()
         return 1
@@ -110,6 +121,15 @@ def run() -> None:
 
     process._top_level_done()
     get_hub().join()
+
+
+def _die_by_sigint() -> None:
+    """Exit the way an unhandled SIGINT exits a process: killed by it."""
+    import signal
+
+    sys.stdout.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _status(code: object) -> int:
