@@ -119,12 +119,15 @@ def encode(frame: Frame) -> tuple:
         raise ValueError(f"unknown frame kind {frame.kind}")
     if frame.kind != MESSAGE and (frame.payload or nfds):
         raise ValueError("ACK and NACK frames carry no payload and no fds")
-    size = len(frame.payload)
-    if size > 0xFFFFFFFF:
-        raise ValueError(f"payload of {size} bytes does not fit a frame")
-    header = HEADER.pack(
-        size, frame.kind, frame.codec, frame.handle, frame.flags, nfds, frame.ident
-    )
+    if nfds and not frame.ident:
+        raise ValueError("a MESSAGE with fds needs a non-zero ident")
+    try:
+        header = HEADER.pack(
+            len(frame.payload), frame.kind, frame.codec, frame.handle, frame.flags, nfds,
+            frame.ident,
+        )
+    except struct.error as exc:
+        raise ValueError(f"frame field out of range: {exc}") from exc
     return header + frame.payload, list(frame.fds)
 
 
@@ -201,7 +204,7 @@ class Decoder:
                 good, every fd it holds is closed, and later calls raise again.
         """
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)
         buf, pos = self._buf, self._pos
         available = len(buf) - pos
         if available < HEADER.size:
@@ -214,7 +217,7 @@ class Decoder:
                 f"frame of {size} bytes is over the {self.max_size}-byte limit",
                 buf[pos : pos + 64],
             )
-        if nfds > MAX_FDS or (kind != MESSAGE and (size or nfds)):
+        if nfds > MAX_FDS or (kind != MESSAGE and (size or nfds)) or (nfds and not ident):
             self._fail(f"malformed frame header (kind {kind}, {nfds} fds)", buf[pos : pos + 64])
         end = pos + HEADER.size + size
         if len(buf) < end:
