@@ -1,0 +1,153 @@
+"""``net.Server``: a listening TCP server with Node's events, on ``StreamServer``."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import gevent
+from gevent.server import StreamServer
+
+from ._stream import _FAMILIES, Socket, _address
+from .errors import InvalidHandleTypeError
+from .events import EventEmitter
+
+__all__ = ["Server"]
+
+
+class _Acceptor(StreamServer):
+    """A ``StreamServer`` that leaves accepted sockets open: ``Socket`` owns them."""
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        pass
+
+
+class Server(EventEmitter):
+    """A listening TCP server, like Node's ``net.Server``.
+
+    Events: ``'listening'``, ``'connection'(socket)``, ``'close'``,
+    ``'error'``, ``'drop'(info)``. Each ``'connection'`` listener runs in a
+    greenlet of its own, so it may block.
+    """
+
+    def __init__(
+        self,
+        connection_listener: Optional[Callable] = None,
+        *,
+        pause_on_connect: bool = False,
+        allow_half_open: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pause_on_connect = pause_on_connect
+        self.allow_half_open = allow_half_open
+        #: None, or the most connections open at once; more are closed at once.
+        self.max_connections: Optional[int] = None
+        self._acceptor: Optional[_Acceptor] = None
+        self._open = 0
+        self._handed_off = False
+        self._closing = False
+        if connection_listener is not None:
+            self.on("connection", connection_listener)
+
+    @property
+    def connections(self) -> Optional[int]:
+        """Open connections this server accepted, or None once one was sent away."""
+        return None if self._handed_off else self._open
+
+    @property
+    def listening(self) -> bool:
+        """Whether the server accepts connections."""
+        return self._acceptor is not None and not self._acceptor.closed
+
+    def listen(
+        self,
+        port: int = 0,
+        host: str = "0.0.0.0",
+        backlog: int = 511,
+        callback: Optional[Callable] = None,
+    ) -> Server:
+        """Bind and listen; ``'listening'`` follows.
+
+        Unlike Node, binding happens now, so ``address()`` works at once and
+        a bind error (``OSError``) is raised here rather than emitted.
+        """
+        if self.listening:
+            raise RuntimeError("the server is already listening")
+        if callback is not None:
+            self.once("listening", callback)
+        acceptor = _Acceptor((host, port), self._accept, backlog=backlog, spawn=None)
+        acceptor.init_socket()
+        self._start(acceptor)
+        return self
+
+    @classmethod
+    def _from_listener(cls, sock: Any, *, pause_on_connect: bool, allow_half_open: bool) -> Server:
+        """A server accepting on a listening socket another process sent."""
+        server = cls(pause_on_connect=pause_on_connect, allow_half_open=allow_half_open)
+        server._start(_Acceptor(sock, server._accept, spawn=None))
+        return server
+
+    def _start(self, acceptor: _Acceptor) -> None:
+        self._acceptor = acceptor
+        self._closing = False
+        acceptor.start()
+        gevent.spawn(self.emit, "listening")
+
+    def _listening_fd(self) -> int:
+        if not self.listening:
+            raise InvalidHandleTypeError("cannot send a server that is not listening")
+        return self._acceptor.socket.fileno()
+
+    def address(self) -> Optional[dict]:
+        """``{"address", "family", "port"}`` of the listening socket, or None."""
+        if not self.listening:
+            return None
+        sock = self._acceptor.socket
+        host, port = _address(sock.getsockname())
+        return {"address": host, "family": _FAMILIES.get(sock.family), "port": port}
+
+    def close(self, callback: Optional[Callable] = None) -> Server:
+        """Stop accepting; ``'close'`` follows once every connection has ended."""
+        if callback is not None:
+            self.once("close", callback)
+        if self._acceptor is not None and not self._closing:
+            self._closing = True
+            self._acceptor.close()
+            self._maybe_closed()
+        return self
+
+    def serve_forever(self) -> None:
+        """Block the calling greenlet until the server is closed."""
+        if self._acceptor is None:
+            raise RuntimeError("call listen() first")
+        self._acceptor.serve_forever()
+
+    def _accept(self, sock: Any, address: Any) -> None:
+        """The accept loop's handler: runs in the hub, so it must not block."""
+        if self.max_connections is not None and self._open >= self.max_connections:
+            self._drop(sock, address)
+            return
+        self._open += 1
+        conn = Socket(sock, server=self, paused=self.pause_on_connect,
+                      allow_half_open=self.allow_half_open)
+        self.emit("connection", conn)
+
+    def _drop(self, sock: Any, address: Any) -> None:
+        local = _address(sock.getsockname())
+        remote = _address(address)
+        family = _FAMILIES.get(sock.family)
+        sock.close()
+        info = {"local_address": local[0], "local_port": local[1], "local_family": family,
+                "remote_address": remote[0], "remote_port": remote[1], "remote_family": family}
+        gevent.spawn(self.emit, "drop", info)
+
+    def _connection_closed(self) -> None:
+        self._open -= 1
+        self._maybe_closed()
+
+    def _maybe_closed(self) -> None:
+        # Node waits for the connections it can still count; sent ones it cannot.
+        if self._closing and self._acceptor is not None and (self._open <= 0 or self._handed_off):
+            self._acceptor = None
+            gevent.spawn(self.emit, "close")
+
+    def __repr__(self) -> str:
+        return f"<net.Server {self.address()} connections={self.connections}>"

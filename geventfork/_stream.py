@@ -1,0 +1,395 @@
+"""``net.Socket``: a connected stream with Node's events, on a gevent socket."""
+from __future__ import annotations
+
+import codecs
+import logging
+import socket as _stdlib_socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import gevent
+
+from .errors import InvalidHandleTypeError
+from .events import EventEmitter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._server import Server
+
+__all__ = ["Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
+
+log = logging.getLogger("geventfork.net")
+
+#: Seconds ``end()`` waits for the peer to close before closing anyway. Until
+#: then, unread bytes from the peer are drained, so that closing never turns
+#: into a reset (the kernel answers a close with unread data by RST).
+END_LINGER = 2.0
+#: Bytes asked of one ``recv``.
+READ_SIZE = 64 * 1024
+#: ``write()`` returns False once this many bytes wait to be written (Node's
+#: default ``highWaterMark`` for streams is 16 KiB).
+HIGH_WATER_MARK = 16 * 1024
+
+_FAMILIES = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
+
+
+def _raw(sock: Any) -> Any:
+    """The non-blocking socket under a gevent socket, for calls that must not wait."""
+    return getattr(sock, "_sock", sock)
+
+
+class Socket(EventEmitter):
+    """A connected stream, like Node's ``net.Socket``.
+
+    Use events (``'data'``, ``'end'``, ``'close'``) or ``socket`` (the gevent
+    socket: ``recv``, ``sendall``, ``makefile``), one style or the other.
+    Reading starts when a ``'data'`` listener is added or ``resume()`` is
+    called, unless the socket is paused.
+
+    Unlike Node, an ``'error'`` with no listener is logged and the socket
+    destroyed instead of raised, so one misbehaving client never takes a
+    worker down.
+    """
+
+    def __init__(
+        self,
+        sock: Any,
+        *,
+        server: Optional[Server] = None,
+        paused: bool = False,
+        allow_half_open: bool = False,
+    ) -> None:
+        super().__init__()
+        #: The underlying gevent socket.
+        self.socket = sock
+        #: The ``Server`` that accepted this socket, if any.
+        self.server = server
+        self.allow_half_open = allow_half_open
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.destroyed = False
+        self._paused = paused
+        self._reader: Optional[gevent.Greenlet] = None
+        self._writer: Optional[gevent.Greenlet] = None
+        self._pending: deque = deque()  # [data, callback]
+        self._pending_bytes = 0
+        self._need_drain = False
+        self._ending = False
+        self._write_shut = False
+        self._read_eof = False
+        self._decoder: Any = None  # an incremental decoder, after set_encoding()
+        self._timeout: Any = None
+        self._idle = False
+        self._peer: Any = None
+
+    # -- addresses --------------------------------------------------------
+
+    @property
+    def remote_address(self) -> Optional[str]:
+        """The peer's IP address (or None)."""
+        return self._peername()[0]
+
+    @property
+    def remote_port(self) -> Optional[int]:
+        """The peer's port (or None)."""
+        return self._peername()[1]
+
+    @property
+    def remote_family(self) -> Optional[str]:
+        """``"IPv4"`` or ``"IPv6"`` (or None for other families)."""
+        return _FAMILIES.get(self.socket.family)
+
+    @property
+    def local_address(self) -> Optional[str]:
+        """Our IP address (or None)."""
+        return self._sockname()[0]
+
+    @property
+    def local_port(self) -> Optional[int]:
+        """Our port (or None)."""
+        return self._sockname()[1]
+
+    def _peername(self) -> tuple:
+        if self._peer is None:
+            try:
+                self._peer = _address(self.socket.getpeername())
+            except OSError:
+                return (None, None)
+        return self._peer
+
+    def _sockname(self) -> tuple:
+        try:
+            return _address(self.socket.getsockname())
+        except OSError:
+            return (None, None)
+
+    # -- reading ----------------------------------------------------------
+
+    def pause(self) -> Socket:
+        """Stop reading (after any ``recv`` already under way)."""
+        self._paused = True
+        return self
+
+    def resume(self) -> Socket:
+        """Start (or go on) reading, emitting ``'data'`` and then ``'end'``."""
+        self._paused = False
+        self._start_reading()
+        return self
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether reading is paused."""
+        return self._paused
+
+    def set_encoding(self, encoding: Optional[str] = "utf-8") -> Socket:
+        """Emit ``'data'`` as ``str`` decoded with ``encoding`` (None: bytes).
+
+        Like Node's (a ``StringDecoder``), a character split between two
+        reads is emitted whole, and invalid bytes become U+FFFD.
+        """
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
+        return self
+
+    def _listeners_changed(self, event: str) -> None:
+        if event == "data" and self.listener_count("data") and not self._paused:
+            self._start_reading()
+
+    def _start_reading(self) -> None:
+        if self._reader is None and not self.destroyed and not self._read_eof:
+            self._reader = gevent.spawn(self._read_loop)
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._paused and not self.destroyed:
+                data = self.socket.recv(READ_SIZE)
+                if not data:
+                    self._on_eof()
+                    return
+                self.bytes_read += len(data)
+                self._idle = False
+                if self._decoder is not None:
+                    data = self._decoder.decode(data)
+                    if not data:
+                        continue  # only the start of a character so far
+                self.emit("data", data)
+        except OSError as exc:
+            self._fail(exc)
+        finally:
+            if self._reader is gevent.getcurrent():
+                self._reader = None
+
+    def _on_eof(self) -> None:
+        self._read_eof = True
+        self.emit("end")
+        if self._write_shut:
+            self.destroy()
+        elif not self.allow_half_open:
+            self.end()
+
+    # -- writing ----------------------------------------------------------
+
+    def write(self, data: Union[bytes, str], callback: Optional[Callable] = None) -> bool:
+        """Write ``data`` (``str`` is UTF-8 encoded) without blocking the caller.
+
+        Returns:
+            False once more than ``HIGH_WATER_MARK`` bytes wait to be written;
+            ``'drain'`` follows when they have been.
+        """
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if self.destroyed or self._ending:
+            err = BrokenPipeError("write after end" if self._ending else "socket is destroyed")
+            gevent.spawn(self._write_failed, err, callback)
+            return False
+        if not self._pending:
+            try:
+                sent = _raw(self.socket).send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                gevent.spawn(self._write_failed, exc, callback)
+                return False
+            self.bytes_written += sent
+            self._idle = False
+            if sent == len(data):
+                if callback is not None:
+                    gevent.spawn(callback, None)
+                return True
+            data = memoryview(data)[sent:]
+        self._pending.append([data, callback])
+        self._pending_bytes += len(data)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._write_loop)
+        if self._pending_bytes < HIGH_WATER_MARK:
+            return True
+        self._need_drain = True
+        return False
+
+    def _write_loop(self) -> None:
+        try:
+            while self._pending:
+                data, callback = self._pending[0]
+                self.socket.sendall(data)
+                self._pending.popleft()
+                self._pending_bytes -= len(data)
+                self.bytes_written += len(data)
+                self._idle = False
+                if callback is not None:
+                    callback(None)
+            if self._need_drain:
+                self._need_drain = False
+                self.emit("drain")
+        except OSError as exc:
+            self._fail(exc)
+            return
+        finally:
+            self._writer = None
+        if self._ending:
+            self._shut_write()
+
+    def _write_failed(self, err: BaseException, callback: Optional[Callable]) -> None:
+        if callback is not None:
+            callback(err)
+        self._fail(err)
+
+    def end(self, data: Union[bytes, str, None] = None, callback: Optional[Callable] = None) -> Socket:
+        """Write ``data``, then close gracefully.
+
+        Remaining writes are flushed, the write side is shut down, and the
+        socket is closed once the peer has closed, or after ``END_LINGER``
+        seconds; bytes the peer sent meanwhile are read and dropped, so a
+        client whose request was never read sees no reset.
+        """
+        if callback is not None:
+            self.once("finish", callback)
+        if self._ending or self.destroyed:
+            return self
+        if data is not None:
+            self.write(data)
+        self._ending = True
+        if self._writer is None:
+            self._shut_write()
+        return self
+
+    def _shut_write(self) -> None:
+        if self._write_shut or self.destroyed:
+            return
+        self._write_shut = True
+        try:
+            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError:
+            pass
+        self.emit("finish")
+        if self._read_eof:
+            self.destroy()
+        elif self._reader is None:
+            gevent.spawn(self._linger)
+
+    def _linger(self) -> None:
+        """Drain the peer's bytes until it closes, then close (see ``end``)."""
+        self._paused = True
+        with gevent.Timeout(END_LINGER, False):
+            try:
+                while self.socket.recv(READ_SIZE):
+                    pass
+            except OSError:
+                pass
+        self.destroy()
+
+    # -- closing ----------------------------------------------------------
+
+    def destroy(self, error: Optional[BaseException] = None) -> None:
+        """Close at once; ``'close'(had_error)`` follows."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        self._stop_timer()
+        for greenlet in (self._reader, self._writer):
+            if greenlet is not None and greenlet is not gevent.getcurrent():
+                greenlet.kill(block=False)
+        self.socket.close()
+        if self.server is not None:
+            self.server._connection_closed()
+        if error is not None:
+            self.emit("error", error)
+        self.emit("close", error is not None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.destroyed:
+            self.destroy(exc)
+
+    def _unhandled_error(self, err: Any) -> None:
+        log.warning("socket error with no 'error' listener (%s:%s): %r",
+                    *self._peername(), err)
+        if not self.destroyed:  # emitted by hand, not by destroy(err)
+            self.destroy()
+
+    # -- options ----------------------------------------------------------
+
+    def set_timeout(self, seconds: float, callback: Optional[Callable] = None) -> Socket:
+        """Emit ``'timeout'`` after ``seconds`` idle (0 disables); it does not close."""
+        self._stop_timer()
+        if callback is not None:
+            self.once("timeout", callback)
+        if seconds and not self.destroyed:
+            self._idle = True
+            self._timeout = gevent.get_hub().loop.timer(seconds, seconds, ref=False)
+            self._timeout.start(self._on_timer)
+        return self
+
+    def _on_timer(self) -> None:
+        if self._idle:
+            gevent.spawn(self.emit, "timeout")
+        self._idle = True
+
+    def _stop_timer(self) -> None:
+        if self._timeout is not None:
+            self._timeout.stop()
+            self._timeout.close()
+            self._timeout = None
+
+    def set_no_delay(self, flag: bool = True) -> Socket:
+        """Disable (or re-enable) Nagle's algorithm on a TCP socket."""
+        if self.socket.family in _FAMILIES:
+            self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
+        return self
+
+    def set_keep_alive(self, flag: bool = True, initial_delay: float = 0) -> Socket:
+        """Turn TCP keep-alive on or off; ``initial_delay`` in seconds."""
+        self.socket.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
+        idle = getattr(_stdlib_socket, "TCP_KEEPIDLE", None)
+        if flag and initial_delay and idle is not None:
+            self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
+        return self
+
+    # -- sending to another process ----------------------------------------
+
+    def _handoff(self) -> int:
+        """Stop using the socket here so it can be sent; return its fd."""
+        if self.destroyed:
+            raise InvalidHandleTypeError("cannot send a destroyed socket")
+        if self._reader is not None:
+            self._reader.kill()
+            self._reader = None
+        self._stop_timer()
+        if self.server is not None:
+            self.server._handed_off = True
+        return self.socket.fileno()
+
+    def _release(self, keep_open: bool) -> None:
+        """The receiver has the socket: close our copy (without a FIN) unless ``keep_open``."""
+        if keep_open or self.destroyed:
+            return
+        self.destroyed = True
+        self.socket.close()
+        if self.server is not None:
+            self.server._connection_closed()
+
+    def __repr__(self) -> str:
+        state = "destroyed" if self.destroyed else "paused" if self._paused else "open"
+        return f"<net.Socket {state} remote={self.remote_address}:{self.remote_port}>"
+
+
+def _address(address: Any) -> tuple:
+    if isinstance(address, tuple):
+        return address[0], address[1]
+    return address or None, None
