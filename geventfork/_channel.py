@@ -258,6 +258,9 @@ class Channel:
             self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
         except ChannelClosedError as err:
             self._shut_down(err)
+        except Exception as exc:  # our bug: say so, and fail every send cleanly
+            hub.handle_error(self, *sys.exc_info())
+            self._shut_down(ChannelClosedError(f"the IPC channel failed: {exc!r}"))
 
     def _dispatch(self) -> bool:
         """Handle every whole frame buffered; False once the peer closed."""

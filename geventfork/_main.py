@@ -66,7 +66,7 @@ def run_script(script: str, args: list) -> int:
         elif is_file:  # a folder or zip file with a __main__.py
             runpy.run_path(script, run_name="__main__")
         else:
-            runpy.run_module(script, run_name="__main__", alter_sys=True)
+            _run_module_as_main(script)
     except SystemExit as exc:
         return _status(exc.code)
     except KeyboardInterrupt:
@@ -82,22 +82,44 @@ def run_script(script: str, args: list) -> int:
 
 
 def _run_source_as_main(path: str) -> None:
-    """Run a source file as ``__main__``, the way ``python path`` does.
-
-    Not ``runpy.run_path``: it runs the code in a temporary module and puts
-    the previous ``__main__`` back when the top level returns, but the hub
-    runs the script's greenlets after that, and pickle (``serialization=
-    "pickle"``) looks the script's classes up in ``sys.modules["__main__"]``.
-    """
-    import builtins
+    """Run a source file as ``__main__``, the way ``python path`` does."""
     import io
-    import types
 
     with io.open_code(path) as f:
         code = compile(f.read(), path, "exec", dont_inherit=True)
+    _exec_as_main(code, __file__=path)
+
+
+def _run_module_as_main(name: str) -> None:
+    """Run a module (a package's ``__main__``) as ``__main__``, as ``python -m`` does."""
+    from importlib.util import find_spec
+
+    spec = find_spec(name)
+    if spec is not None and spec.submodule_search_locations is not None:
+        spec = find_spec(f"{name}.__main__")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"No runnable module named {name!r}")
+    sys.argv[0] = spec.origin or name
+    code = spec.loader.get_code(spec.name)  # type: ignore[attr-defined]
+    _exec_as_main(
+        code, __file__=spec.origin, __spec__=spec, __loader__=spec.loader,
+        __package__=spec.parent, __cached__=spec.cached,
+    )
+
+
+def _exec_as_main(code: object, **attributes: object) -> None:
+    """Run ``code`` in a new ``__main__`` module that stays in ``sys.modules``.
+
+    Not ``runpy``: it runs the code in a temporary module and puts the
+    previous ``__main__`` back when the top level returns, but the hub runs
+    the script's greenlets after that, and pickle (``serialization="pickle"``)
+    looks the script's classes up in ``sys.modules["__main__"]``.
+    """
+    import builtins
+    import types
+
     main = types.ModuleType("__main__")
-    main.__file__ = path
-    main.__builtins__ = builtins
+    main.__dict__.update(attributes, __builtins__=builtins)
     sys.modules["__main__"] = main
     exec(code, main.__dict__)
 
