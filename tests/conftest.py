@@ -30,9 +30,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 import pytest  # noqa: E402
-
-#: The scripts the process tests start, one behaviour each.
-CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
+from helpers import CHILDREN_DIR  # noqa: E402
 
 #: How long a process gets to exit after SIGTERM, then after SIGKILL.
 STOP_TIMEOUT = 5.0

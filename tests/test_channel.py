@@ -35,11 +35,8 @@ from geventfork.errors import (
     ProtocolError,
     SerializationError,
 )
+from helpers import TIMEOUT, KiB, MiB, wait_until
 
-KiB = 1024
-MiB = 1024 * KiB
-#: Every wait in this file is bounded by this many seconds.
-WAIT = 5.0
 CODECS = [pytest.param(JSON, id="json"), pytest.param(PICKLE, id="pickle")]
 _StdlibSocket = monkey.get_original("socket", "socket")
 
@@ -47,18 +44,11 @@ _StdlibSocket = monkey.get_original("socket", "socket")
 # ---------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], Any], what: str) -> None:
-    """Yield to the hub until ``predicate()`` is true, for at most ``WAIT`` s."""
-    with gevent.Timeout(WAIT, AssertionError(f"timed out waiting for {what}")):
-        while not predicate():
-            gevent.sleep(0.001)
-
-
 def take(queue: Queue, what: str) -> Any:
     try:
-        return queue.get(timeout=WAIT)
+        return queue.get(timeout=TIMEOUT)
     except Empty:
-        raise AssertionError(f"no {what} within {WAIT} s") from None
+        raise AssertionError(f"no {what} within {TIMEOUT} s") from None
 
 
 class End:
@@ -94,8 +84,8 @@ class End:
 
     def wait_closed(self) -> None:
         """The owner heard the close, and the channel let go of its socket."""
-        assert self.closed.wait(timeout=WAIT), "the owner never heard the channel close"
-        self.ch._reader.join(timeout=WAIT)
+        assert self.closed.wait(timeout=TIMEOUT), "the owner never heard the channel close"
+        self.ch._reader.join(timeout=TIMEOUT)
         assert self.ch._reader.dead, "the reader greenlet outlived the channel"
         assert self.ch.fileno() == -1
 
@@ -138,7 +128,7 @@ class RawPeer:
 
     def frame(self) -> _wire.Frame:
         """Read the next frame; the caller owns its fds."""
-        with gevent.Timeout(WAIT, AssertionError("no frame reached the raw peer")):
+        with gevent.Timeout(TIMEOUT, AssertionError("no frame reached the raw peer")):
             while True:
                 event = self.decoder.next_event()
                 if isinstance(event, _wire.Frame):
@@ -156,7 +146,7 @@ class RawPeer:
 
     def wait_eof(self) -> None:
         """The channel closed its end: the next read is EOF."""
-        with gevent.Timeout(WAIT, AssertionError("the channel never closed its end")):
+        with gevent.Timeout(TIMEOUT, AssertionError("the channel never closed its end")):
             while True:
                 data = self.sock.recv(64 * KiB)
                 if not data:
@@ -236,7 +226,7 @@ def unix_pair(opened, kind: str = "gevent", sock_type: int = socket.SOCK_STREAM)
 
 def recv_exactly(sock: Any, size: int) -> bytes:
     data = b""
-    with gevent.Timeout(WAIT, AssertionError(f"{size} bytes never arrived")):
+    with gevent.Timeout(TIMEOUT, AssertionError(f"{size} bytes never arrived")):
         while len(data) < size:
             chunk = sock.recv(size - len(data))
             assert chunk, "EOF"
@@ -482,7 +472,7 @@ def _udp(opened, kind):
     def prove(received):
         assert received.getsockname() == address
         sender.sendto(b"datagram", address)
-        with gevent.Timeout(WAIT, AssertionError("the datagram never arrived")):
+        with gevent.Timeout(TIMEOUT, AssertionError("the datagram never arrived")):
             assert received.recvfrom(64)[0] == b"datagram"
 
     return handle, prove
@@ -510,7 +500,7 @@ def _tcp_listener(opened, kind):
 
     def prove(received):
         client = opened(socket.create_connection(address))
-        with gevent.Timeout(WAIT, AssertionError("the connection was never accepted")):
+        with gevent.Timeout(TIMEOUT, AssertionError("the connection was never accepted")):
             conn = opened(received.accept()[0])
         assert_connected(conn, client)
 
@@ -987,7 +977,7 @@ def test_owner_emits_message_disconnect_and_error(owned) -> None:
     peer.ch._sock.send(_wire.encode_ack(98))  # behind the peer channel's back: a bad frame
     assert isinstance(take(errors, "'error'"), ProtocolError)
     peer.ch.disconnect()
-    assert disconnected.wait(timeout=WAIT), "no 'disconnect'"
+    assert disconnected.wait(timeout=TIMEOUT), "no 'disconnect'"
     assert not owner.connected
 
 
@@ -998,5 +988,5 @@ def test_owner_with_no_message_listener_closes_a_received_handle(owned, opened) 
     peer.ch.send("nobody listens", handle, callback=cbs.new("h"))
     assert cbs.wait("h") is None  # acknowledged: it reached the owner
     # Both copies are gone (ours after the ACK, the owner's unheard), so EOF.
-    with gevent.Timeout(WAIT, AssertionError("the received handle was leaked, not closed")):
+    with gevent.Timeout(TIMEOUT, AssertionError("the received handle was leaked, not closed")):
         assert other.recv(16) == b""

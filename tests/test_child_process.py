@@ -14,7 +14,6 @@ import sys
 import gevent
 import pytest
 from gevent.event import AsyncResult
-from gevent.queue import Queue
 
 import geventfork
 from geventfork.errors import (
@@ -23,23 +22,17 @@ from geventfork.errors import (
     InvalidHandleTypeError,
     SerializationError,
 )
-
-CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
-TIMEOUT = 5
-MiB = 1024 * 1024
-
-
-def inbox(emitter):
-    """A queue that gets every message ``emitter`` receives."""
-    queue = Queue()
-    emitter.on("message", lambda message, handle: queue.put(message))
-    return queue
-
-
-def take(queue, count=1):
-    """The next ``count`` items of ``queue``, waiting at most ``TIMEOUT`` in all."""
-    with gevent.Timeout(TIMEOUT):
-        return [queue.get() for _ in range(count)]
+from helpers import (
+    CHILDREN_DIR,
+    TIMEOUT,
+    MiB,
+    inbox,
+    kill_quietly,
+    next_event,
+    python_env,
+    take,
+    wait_gone,
+)
 
 
 def record(emitter, *events):
@@ -48,45 +41,6 @@ def record(emitter, *events):
     for name in events:
         emitter.on(name, lambda *args, name=name: seen.append((name, *args)))
     return seen
-
-
-def next_event(emitter, event):
-    """An ``AsyncResult`` set to the arguments of ``emitter``'s next ``event``."""
-    result = AsyncResult()
-    emitter.once(event, lambda *args: result.set(args))
-    return result
-
-
-def python_env():
-    """Our environment, plus what a ``python -m geventfork`` subprocess needs to import us."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(geventfork.__file__)))
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": home + (os.pathsep + path if path else "")}
-
-
-def gone(pid):
-    """Whether ``pid`` has exited (a zombie nobody reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
-def wait_gone(pid, timeout=TIMEOUT):
-    """Poll until ``pid`` has exited; return whether it did within ``timeout``."""
-    with gevent.Timeout(timeout, False):
-        while not gone(pid):
-            gevent.sleep(0.02)
-    return gone(pid)
-
-
-def kill_quietly(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # -- messages -------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 from gevent.event import Event
 
 from geventfork import EventEmitter
+from helpers import TIMEOUT, wait_until
 
-WAIT = 5.0
 SPAWNED = ["message", "connection"]
 
 
@@ -38,13 +38,6 @@ class Hooked(EventEmitter):
 
     def _listeners_changed(self, event: str) -> None:
         self.changed.append((event, self.listener_count(event)))
-
-
-def wait_until(predicate, what: str) -> None:
-    """Yield to other greenlets until ``predicate()``, for at most ``WAIT`` s."""
-    with gevent.Timeout(WAIT, AssertionError(f"timed out waiting for {what}")):
-        while not predicate():
-            gevent.sleep(0.001)
 
 
 # ---------------------------------------------------------------- on / emit
@@ -273,7 +266,7 @@ def test_spawned_listeners_run_later_each_in_its_own_greenlet(event: str) -> Non
     emitter.on(event, listener)
     assert emitter.emit(event, "x") is True
     assert ran_in == []  # emit only started them
-    assert done.wait(timeout=WAIT), "the listeners never ran"
+    assert done.wait(timeout=TIMEOUT), "the listeners never ran"
     greenlets = {g for _, g in ran_in}
     assert len(greenlets) == 2
     assert gevent.getcurrent() not in greenlets
@@ -299,7 +292,7 @@ def test_a_blocking_listener_does_not_hold_up_later_ones(event: str, blocker: st
         started.append(n)
         if n == 0:
             if blocker == "event-wait":
-                assert gate.wait(timeout=WAIT), "the gate never opened"
+                assert gate.wait(timeout=TIMEOUT), "the gate never opened"
             else:
                 while not gate.is_set():
                     gevent.sleep(0.01)  # a listener that polls, cooperatively
@@ -310,7 +303,7 @@ def test_a_blocking_listener_does_not_hold_up_later_ones(event: str, blocker: st
     emitter.on(event, listener)
     for n in range(4):
         emitter.emit(event, n)
-    assert others_done.wait(timeout=WAIT), "a blocked listener held up the others"
+    assert others_done.wait(timeout=TIMEOUT), "a blocked listener held up the others"
     assert started == [0, 1, 2, 3]
     assert 0 not in finished
     gate.set()
@@ -322,10 +315,10 @@ def test_a_blocking_listener_does_not_hold_up_another_listener_of_the_same_emit(
     event: str,
 ) -> None:
     emitter, gate, second_ran = EventEmitter(), Event(), Event()
-    emitter.on(event, lambda: gate.wait(timeout=WAIT))
+    emitter.on(event, lambda: gate.wait(timeout=TIMEOUT))
     emitter.on(event, second_ran.set)
     emitter.emit(event)
-    assert second_ran.wait(timeout=WAIT), "the first listener held up the second"
+    assert second_ran.wait(timeout=TIMEOUT), "the first listener held up the second"
     gate.set()
 
 
@@ -339,5 +332,5 @@ def test_once_on_a_spawned_event_is_removed_at_emit(event: str) -> None:
     assert emitter.emit(event, 1) is True
     assert emitter.listener_count(event) == 0
     assert emitter.emit(event, 2) is False
-    assert ran.wait(timeout=WAIT), "the once listener never ran"
+    assert ran.wait(timeout=TIMEOUT), "the once listener never ran"
     assert seen == [1]

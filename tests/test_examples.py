@@ -18,7 +18,7 @@ from collections import Counter
 import gevent
 import pytest
 
-import geventfork
+from helpers import TIMEOUT, python_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -26,23 +26,13 @@ EXAMPLES = os.path.join(ROOT, "examples")
 CONNECTIONS = 1000
 #: Seconds each example may take, from start to the last reply.
 DEADLINE = 30
-#: Seconds one connection may take.
-TIMEOUT = 5
 SPECIAL_ADDRESS = "127.0.0.2"
-
-
-def _env():
-    """Our environment, with the geventfork the tests import first on the path."""
-    env = dict(os.environ)
-    home = os.path.dirname(os.path.dirname(os.path.abspath(geventfork.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
-    return env
 
 
 def _start(popen, script, *args, **options):
     proc = subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(EXAMPLES, script), *args],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, start_new_session=True, **options,
+        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, start_new_session=True, **options,
     )
     popen.append(proc)
     return proc

@@ -19,10 +19,7 @@ from gevent.queue import Queue
 
 from geventfork import net
 from geventfork.errors import ChannelClosedError, InvalidHandleTypeError
-
-CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
-#: Seconds any single step may take.
-TIMEOUT = 5
+from helpers import CHILDREN_DIR, TIMEOUT
 
 
 def _load(name):

@@ -14,17 +14,7 @@ import textwrap
 import gevent
 import pytest
 
-import geventfork
-
-CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
-TIMEOUT = 5
-
-
-def python_env():
-    """Our environment, plus what a fresh interpreter needs to import geventfork."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(geventfork.__file__)))
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": home + (os.pathsep + path if path else "")}
+from helpers import CHILDREN_DIR, TIMEOUT, python_env
 
 
 def start(popen, *argv, **options):

@@ -14,9 +14,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import net
-
-#: Seconds any single step may take.
-TIMEOUT = 5
+from helpers import TIMEOUT, wait_until
 
 
 # -- helpers ------------------------------------------------------------------
@@ -86,13 +84,6 @@ def reset(sock):
     """Close ``sock`` so that the peer gets a reset (RST), not a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def wait_until(condition, what):
-    """Poll ``condition()`` for at most ``TIMEOUT`` seconds (for state no event announces)."""
-    with gevent.Timeout(TIMEOUT, AssertionError(f"timed out waiting for {what}")):
-        while not condition():
-            gevent.sleep(0.005)
 
 
 def recorder(emitter, *events):

@@ -13,57 +13,29 @@ import sys
 import gevent
 import pytest
 from gevent.event import AsyncResult
-from gevent.queue import Queue
 
-import geventfork
 from geventfork.errors import GeventforkError, ProtocolError
-
-CHILDREN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "children")
-TIMEOUT = 5
-MiB = 1024 * 1024
-
-
-def inbox(emitter):
-    """A queue that gets every message ``emitter`` receives."""
-    queue = Queue()
-    emitter.on("message", lambda message, handle: queue.put(message))
-    return queue
-
-
-def take(queue, count=1):
-    """The next ``count`` items of ``queue``, waiting at most ``TIMEOUT`` in all."""
-    with gevent.Timeout(TIMEOUT):
-        return [queue.get() for _ in range(count)]
-
-
-def next_event(emitter, event):
-    """An ``AsyncResult`` set to the arguments of ``emitter``'s next ``event``."""
-    result = AsyncResult()
-    emitter.once(event, lambda *args: result.set(args))
-    return result
+from helpers import (
+    CHILDREN_DIR,
+    TIMEOUT,
+    MiB,
+    inbox,
+    kill_quietly,
+    next_event,
+    python_env,
+    take,
+    wait_gone,
+)
 
 
 def run_module(popen, script, *args):
     """Start ``python -m geventfork tests/children/SCRIPT ARGS`` with piped stdout/stderr."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(geventfork.__file__)))
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": home + (os.pathsep + path if path else "")}
     proc = gevent.subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, script), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
     )
     popen.append(proc)
     return proc
-
-
-def gone(pid):
-    """Whether ``pid`` has exited (a zombie nobody reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def test_argv_and_channel_fileno(spawn_child):
@@ -133,15 +105,9 @@ def test_child_exits_when_its_parent_is_killed(popen):
     try:
         parent.kill()  # SIGKILL: no chance to close anything
         assert parent.wait(timeout=TIMEOUT) == -signal.SIGKILL
-        with gevent.Timeout(TIMEOUT, False):
-            while not gone(child_pid):
-                gevent.sleep(0.02)
-        assert gone(child_pid), "the child outlived its SIGKILLed parent"
+        assert wait_gone(child_pid), "the child outlived its SIGKILLed parent"
     finally:
-        try:
-            os.kill(child_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(child_pid)
 
 
 def test_without_a_channel(popen):

@@ -24,9 +24,8 @@ from geventfork._wire import (
     encode_ack,
 )
 from geventfork.errors import ProtocolError
+from helpers import KiB, MiB
 
-KiB = 1024
-MiB = 1024 * KiB
 #: Chunk size for the parts of a big stream that are not fed byte at a time.
 BIG_STEP = 65521  # prime, so cuts land at every offset within a header
 #: The kernel's close. Under gevent >= 25.8.1, patched ``os.close`` defers
