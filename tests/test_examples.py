@@ -93,7 +93,7 @@ def drive(port, requests):
 
 
 def test_priority_example(example):
-    proc, port = example("priority/parent.py", "0", SPECIAL_ADDRESS)
+    proc, port = example("priority/parent.py", "0", SPECIAL_ADDRESS, "127.0.0.1")
     sources = ["127.0.0.1", SPECIAL_ADDRESS] * (CONNECTIONS // 2)
     request = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"  # never read: end() must not reset
     replies = Counter(drive(port, ((request, source) for source in sources)))

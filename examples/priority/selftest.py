@@ -2,10 +2,10 @@
 
 Usage: python -m geventfork examples/priority/selftest.py
 
-Runs parent.py's code in this process (port 0, special address 127.0.0.2),
-connects 20 clients in turn, half from 127.0.0.1 (served by the 'normal'
-child) and half from 127.0.0.2 (the 'special' child), checks every reply,
-prints a summary, and exits 0, or 1 on any failure. tox's ``run-module``
+Runs parent.py's code in this process (127.0.0.1, port 0, special address
+127.0.0.2), connects 20 clients in turn, half from 127.0.0.1 (served by the
+'normal' child) and half from 127.0.0.2 (the 'special' child), checks every
+reply, prints a summary, and exits 0, or 1 on any failure. tox's ``run-module``
 env runs it with the installed package.
 """
 import os
@@ -54,7 +54,7 @@ def check(port):
 
 
 def main():
-    sys.argv = [os.path.join(here, "parent.py"), "0", SPECIAL_ADDRESS]
+    sys.argv = [os.path.join(here, "parent.py"), "0", SPECIAL_ADDRESS, "127.0.0.1"]
     example = runpy.run_path(sys.argv[0], run_name="priority_parent")
     server, children = example["server"], (example["normal"], example["special"])
     try:
