@@ -282,6 +282,12 @@ class Channel:
     def _receive(self, frame: _wire.Frame) -> None:
         handle = None
         fds = list(frame.fds)
+        if fds and self._closing:
+            # We disconnected, so we can no longer acknowledge a handle: do not
+            # take it. Its sender gets ChannelClosedError and keeps its copy.
+            for fd in fds:
+                _platform.close_quietly(fd)
+            return
         try:
             if frame.fds_lost:
                 raise ProtocolError("the kernel dropped the handle's fds (MSG_CTRUNC)")

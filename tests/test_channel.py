@@ -413,6 +413,20 @@ def test_disconnect_with_a_handle_in_flight_still_acknowledges_it(pair, opened) 
     b.wait_closed()
 
 
+def test_a_handle_sent_to_an_end_that_disconnected_stays_with_the_sender(pair, opened) -> None:
+    a, b = pair()
+    handle, other = unix_pair(opened)
+    cbs = Callbacks()
+    b.ch.disconnect()  # b can no longer acknowledge, so it must not take the handle
+    a.ch.send("h", handle, callback=cbs.new("h"))
+    assert isinstance(cbs.wait("h"), ChannelClosedError)
+    assert b.messages.empty()
+    assert handle.fileno() != -1
+    assert_connected(handle, other)
+    a.wait_closed()
+    b.wait_closed()
+
+
 def test_fileno_is_the_socket_until_closed() -> None:
     left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     fd = left.fileno()
