@@ -1,9 +1,11 @@
 """``net.Server``: a listening TCP server with Node's events, on ``StreamServer``."""
 from __future__ import annotations
 
+import socket as _stdlib_socket
 from typing import Any, Callable, Optional
 
 import gevent
+from gevent import socket as gsocket
 from gevent.server import StreamServer
 
 from ._stream import _FAMILIES, Socket, _address
@@ -11,6 +13,20 @@ from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
 __all__ = ["Server"]
+
+
+def _bind(host: str, port: int, backlog: int) -> Any:
+    """A listening socket; closed again if binding fails (gevent's own leaks it)."""
+    family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+    sock = gsocket.socket(family, _stdlib_socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Acceptor(StreamServer):
@@ -71,11 +87,10 @@ class Server(EventEmitter):
         """
         if self.listening:
             raise RuntimeError("the server is already listening")
+        listener = _bind(host, port, backlog)  # a bind error leaves no callback behind
         if callback is not None:
             self.once("listening", callback)
-        acceptor = _Acceptor((host, port), self._accept, backlog=backlog, spawn=None)
-        acceptor.init_socket()
-        self._start(acceptor)
+        self._start(_Acceptor(listener, self._accept, spawn=None))
         return self
 
     @classmethod

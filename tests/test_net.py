@@ -422,3 +422,12 @@ def test_connect_to_a_refused_port_raises():
         bound.bind(("127.0.0.1", 0))
         with pytest.raises(OSError):
             net.connect(bound.getsockname()[1])
+
+
+def test_listen_on_a_port_in_use_raises_and_keeps_no_callback(listen) -> None:
+    taken = listen()
+    server = net.create_server()
+    with pytest.raises(OSError):
+        server.listen(taken.address()["port"], "127.0.0.1", callback=lambda: None)
+    assert server.listener_count("listening") == 0
+    assert not server.listening
