@@ -19,6 +19,7 @@ import gevent
 from gevent import get_hub
 
 from . import _handles, _platform, _wire
+from ._dispatch import submit
 from ._serialization import Codec, by_id
 from .errors import ChannelClosedError, ProtocolError, SerializationError
 from .events import EventEmitter
@@ -37,6 +38,9 @@ MAX_IOV = 512
 
 _ANC_SIZE = _platform.anc_buffer_size()
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_pack_header = _wire.HEADER.pack
+_MESSAGE = _wire.MESSAGE
 Callback = Callable[[Optional[BaseException]], Any]
 
 
@@ -135,8 +139,11 @@ class Channel:
         # reader), which a send that then raised must not have done.
         out = _handles.to_wire(handle) if handle is not None else None
         if out is None:
-            header = _wire.HEADER.pack(len(payload), _wire.MESSAGE, self._codec.ident, 0, 0, 0, 0)
-            self._enqueue(header + payload, (), callback)
+            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
+            self._queue.append([data, (), callback])
+            self._queued_bytes += len(data)
+            if not self._flush_scheduled:
+                self._schedule_flush()
         else:
             self._next_ident = self._next_ident % 0xFFFFFFFF + 1
             ident = self._next_ident
@@ -233,13 +240,20 @@ class Channel:
     # -- reading --------------------------------------------------------
 
     def _read_loop(self) -> None:
-        sock, decoder, hub = self._sock, self._decoder, get_hub()
+        sock, decoder, hub, watcher = self._sock, self._decoder, get_hub(), self._read_watcher
+        # recvmsg() would allocate READ_SIZE bytes per call, which costs more
+        # than the read itself for a small message: read into one buffer.
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
         try:
             while not self._closed:
                 try:
-                    data, anc, flags, _ = sock.recvmsg(READ_SIZE, _ANC_SIZE, _platform.RECV_FLAGS)
+                    size, anc, flags, _ = sock.recvmsg_into(
+                        (buffer,), _ANC_SIZE, _platform.RECV_FLAGS
+                    )
+                    data = view[:size]
                 except BlockingIOError:
-                    hub.wait(self._read_watcher)
+                    hub.wait(watcher)
                     continue
                 except (ConnectionResetError, OSError) as exc:
                     if self._closed:
@@ -247,12 +261,16 @@ class Channel:
                     raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
                 fds = _platform.fds_from_ancillary(anc) if anc else ()
                 if data or fds:
-                    decoder.receive_data(data, fds, bool(flags & socket.MSG_CTRUNC))
+                    decoder.receive_data(data, fds, bool(flags & _CTRUNC))
                 else:
                     decoder.receive_eof()
                 if not self._dispatch():
                     self._shut_down(None)
                     return
+                if size < READ_SIZE and not anc and not self._closed:
+                    # A short read without fds emptied the socket: wait for
+                    # more rather than pay for a read that would say EAGAIN.
+                    hub.wait(watcher)
         except ProtocolError as err:
             self._report(err)
             self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
@@ -280,6 +298,15 @@ class Channel:
             self._finish(done)
 
     def _receive(self, frame: _wire.Frame) -> None:
+        if not frame.fds and not frame.handle and not frame.ident and not frame.fds_lost:
+            try:  # the common case, a plain message
+                codec = self._codec if frame.codec == self._codec.ident else by_id(frame.codec)
+                message = codec.loads(frame.payload)
+            except ProtocolError as err:
+                self._report(err)
+                return
+            self._owner._channel_message(message, None)
+            return
         handle = None
         fds = list(frame.fds)
         if fds and self._closing:
@@ -359,16 +386,16 @@ class Channel:
         if not self._announced:
             self._announced = True
             self._apply_ref()
-            gevent.spawn(self._owner._channel_closed)
+            submit(self._owner._channel_closed)
 
     def _report(self, err: BaseException) -> None:
         """Emit ``'error'`` on the owner, outside the reader greenlet."""
-        gevent.spawn(self._owner._channel_error, err)
+        submit(self._owner._channel_error, err)
 
     def _finish(self, calls: list) -> None:
         """Run send callbacks, ``(callback, err)``, in a greenlet of their own."""
         if calls:
-            gevent.spawn(self._run_callbacks, calls)
+            submit(self._run_callbacks, calls)
 
     def _run_callbacks(self, calls: list) -> None:
         for callback, err in calls:
@@ -450,9 +477,7 @@ class ChannelOwner(EventEmitter):
             self.channel.disconnect()
 
     def _channel_message(self, message: Any, handle: Any) -> None:
-        if self.listener_count("message"):
-            self.emit("message", message, handle)
-        elif handle is not None:
+        if not self.emit("message", message, handle) and handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 
     def _channel_error(self, err: BaseException) -> None:

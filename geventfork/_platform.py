@@ -11,7 +11,7 @@ __all__ = ["RECV_FLAGS", "MAX_FDS_PER_READ", "anc_buffer_size", "fds_from_ancill
 
 #: Received fds are close-on-exec atomically where the kernel can do it
 #: (Linux). Elsewhere ``fds_from_ancillary`` sets the flag on each one.
-RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 
 #: Linux's ``SCM_MAX_FD``: the most fds one message can carry.
 MAX_FDS_PER_READ = 253

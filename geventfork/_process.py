@@ -69,7 +69,7 @@ class Process(ChannelOwner):
                 _handles.close(handle)
 
     def _channel_message(self, message: Any, handle: Any) -> None:
-        if self._held is not None and not self.listener_count("message"):
+        if self._held is not None and not self._listeners.get("message"):
             self._held.append((message, handle))  # Node holds these too
         else:
             super()._channel_message(message, handle)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ProtocolError, SerializationError
 
@@ -37,11 +38,64 @@ class Codec:
         raise NotImplementedError
 
 
+def _not_serialisable(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` with compact separators, minus its per-call set-up.
+
+    ``json.dumps`` builds a C encoder on every call, which costs three times
+    the encoding of a small message. Build one and keep it; its circular
+    reference markers are empty after every encoding that succeeds, and a
+    failed one replaces it.
+    """
+    make = json.encoder.c_make_encoder
+    if make is None:
+        return json.JSONEncoder(separators=(",", ":")).encode
+    encode_string = json.encoder.encode_basestring_ascii
+
+    def new() -> Callable:
+        return make({}, _not_serialisable, encode_string, None, ":", ",", False, False, True)
+
+    current = [new()]
+
+    def encode(message: Any) -> str:
+        if isinstance(message, str):
+            return encode_string(message)
+        try:
+            return "".join(current[0](message, 0))
+        except BaseException:
+            current[0] = new()
+            raise
+
+    return encode
+
+
+def _json_decoder() -> Callable[[str], Any]:
+    """``json.loads`` minus its wrappers: the scanner, then a check for trailing data."""
+    decoder = json.JSONDecoder()
+    scan = json.scanner.make_scanner(decoder)
+
+    def decode(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            return decoder.decode(text)  # leading or trailing data: its error, or its value
+        return value
+
+    return decode
+
+
 class _Json(Codec):
     name = "json"
     ident = 1
-    _encode = json.JSONEncoder(separators=(",", ":")).encode
-    _decode = json.JSONDecoder().decode
+
+    def __init__(self) -> None:
+        self._encode = _json_encoder()
+        self._decode = _json_decoder()
 
     def dumps(self, message: Any) -> bytes:
         try:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import gevent
 
 from .errors import InvalidHandleTypeError
+from ._dispatch import submit
 from .events import EventEmitter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +81,7 @@ class Socket(EventEmitter):
         self._timeout: Any = None
         self._idle = False
         self._peer: Any = None
+        self._lingering: Any = None  # (io watcher, timer) while end() drains
 
     # -- addresses --------------------------------------------------------
 
@@ -282,18 +284,42 @@ class Socket(EventEmitter):
         if self._read_eof:
             self.destroy()
         elif self._reader is None:
-            gevent.spawn(self._linger)
+            self._linger()
 
     def _linger(self) -> None:
-        """Drain the peer's bytes until it closes, then close (see ``end``)."""
+        """Drain the peer's bytes until it closes, then close (see ``end``).
+
+        Driven by loop watchers rather than a greenlet: every connection
+        served ends here, and a greenlet costs more than the rest of it.
+        """
         self._paused = True
-        with gevent.Timeout(END_LINGER, False):
-            try:
-                while self.socket.recv(READ_SIZE):
-                    pass
-            except OSError:
+        loop = gevent.get_hub().loop
+        raw = _raw(self.socket)
+        self._lingering = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
+        self._lingering[1].start(self._lingered)
+        self._lingering[0].start(self._drain, raw)
+
+    def _drain(self, raw: Any) -> None:
+        """The socket is readable while lingering (runs in the hub)."""
+        try:
+            while raw.recv(READ_SIZE):
                 pass
-        self.destroy()
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._lingered()
+
+    def _lingered(self) -> None:
+        self._stop_lingering()
+        submit(self.destroy)  # 'close' listeners may block: not in the hub
+
+    def _stop_lingering(self) -> None:
+        if self._lingering is not None:
+            for watcher in self._lingering:
+                watcher.stop()
+                watcher.close()
+            self._lingering = None
 
     # -- closing ----------------------------------------------------------
 
@@ -303,6 +329,7 @@ class Socket(EventEmitter):
             return
         self.destroyed = True
         self._stop_timer()
+        self._stop_lingering()
         for greenlet in (self._reader, self._writer):
             if greenlet is not None and greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)

@@ -222,7 +222,10 @@ class Decoder:
         end = pos + HEADER.size + size
         if len(buf) < end:
             return self._starved(available)
-        fds, lost = self._claim(self._base + pos, nfds, buf[pos : pos + 64])
+        if nfds or self._batches:
+            fds, lost = self._claim(self._base + pos, nfds, buf[pos : pos + 64])
+        else:
+            fds, lost = (), False
         payload = bytes(buf[pos + HEADER.size : end])
         self._consume(end)
         return Frame(kind, payload, fds, codec, handle, flags, ident, lost)

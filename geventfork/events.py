@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
-import gevent
+from ._dispatch import submit
 
 __all__ = ["EventEmitter"]
 
@@ -18,8 +18,9 @@ class EventEmitter:
     Listeners of the events named in ``_spawned_events`` (``'message'`` and
     ``'connection'``) each run in a greenlet of their own, started in
     arrival order, so a listener that blocks cooperatively never holds up
-    the channel or the accept loop. Every other event calls its listeners
-    in order, in the emitting greenlet.
+    the channel or the accept loop (the greenlets are reused, as threads in
+    a pool are: see ``_dispatch``). Every other event calls its listeners in
+    order, in the emitting greenlet.
 
     An ``'error'`` emitted with no listener raises it, as in Node.
     """
@@ -91,13 +92,13 @@ class EventEmitter:
                 self._unhandled_error(args[0] if args else None)
             return False
         if event in self._spawned_events:
-            for fn in tuple(listeners):
+            for fn in tuple(listeners) if len(listeners) > 1 else listeners:
                 if hasattr(fn, "listener"):
                     # A once() wrapper removes itself only when its greenlet
                     # runs; remove it now, as Node does at emit time, or a
                     # second emit before then would run it (and count it) again.
                     self.off(event, fn)
-                gevent.spawn(fn, *args)
+                submit(fn, *args)
         else:
             for fn in tuple(listeners):
                 fn(*args)

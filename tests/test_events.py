@@ -255,21 +255,47 @@ def test_error_with_only_a_once_listener_raises_the_second_time() -> None:
 
 @pytest.mark.parametrize("event", SPAWNED)
 def test_spawned_listeners_run_later_each_in_its_own_greenlet(event: str) -> None:
-    emitter, ran_in, done = EventEmitter(), [], Event()
+    # Both block at once: each must be suspended in a greenlet of its own,
+    # neither of them the emitter's.
+    emitter, ran_in, gate = EventEmitter(), [], Event()
 
     def listener(n):
         ran_in.append((n, gevent.getcurrent()))
-        if len(ran_in) == 2:
-            done.set()
+        assert gate.wait(timeout=TIMEOUT), "the gate never opened"
 
     emitter.on(event, listener)
     emitter.on(event, listener)
     assert emitter.emit(event, "x") is True
     assert ran_in == []  # emit only started them
-    assert done.wait(timeout=TIMEOUT), "the listeners never ran"
+    wait_until(lambda: len(ran_in) == 2, "both listeners to start")
     greenlets = {g for _, g in ran_in}
     assert len(greenlets) == 2
     assert gevent.getcurrent() not in greenlets
+    gate.set()
+
+
+@pytest.mark.parametrize("event", SPAWNED)
+def test_an_exception_in_a_listener_is_reported_and_later_ones_still_run(event: str) -> None:
+    emitter, seen = EventEmitter(), []
+    hub = gevent.get_hub()
+    reported = []
+    original = hub.handle_error
+    hub.handle_error = lambda context, type_, value, tb: reported.append(value)
+    try:
+
+        def listener(n):
+            seen.append(n)
+            if n % 2:
+                raise ValueError(f"listener {n} failed")
+
+        emitter.on(event, listener)
+        for n in range(6):
+            emitter.emit(event, n)
+        wait_until(lambda: len(seen) == 6, "every listener to run")
+    finally:
+        hub.handle_error = original
+    assert seen == list(range(6))
+    assert [str(e) for e in reported] == ["listener 1 failed", "listener 3 failed", "listener 5 failed"]
 
 
 @pytest.mark.parametrize("event", SPAWNED)
