@@ -79,7 +79,7 @@ def from_wire(code: int, flags: int, fd: int) -> Any:
     from . import net
 
     if code == SOCKET:
-        return net.Socket(gsocket.socket(fileno=fd), paused=bool(flags & PAUSED))
+        return net.Socket(_socket.socket(fileno=fd), paused=bool(flags & PAUSED))
     if code == SERVER:
         return net.Server._from_listener(
             gsocket.socket(fileno=fd),

@@ -1,6 +1,7 @@
 """``net.Server``: a listening TCP server with Node's events, on ``StreamServer``."""
 from __future__ import annotations
 
+import _socket
 import socket as _stdlib_socket
 from typing import Any, Callable, Optional
 
@@ -30,7 +31,19 @@ def _bind(host: str, port: int, backlog: int) -> Any:
 
 
 class _Acceptor(StreamServer):
-    """A ``StreamServer`` that leaves accepted sockets open: ``Socket`` owns them."""
+    """A ``StreamServer`` that leaves accepted sockets open: ``Socket`` owns them.
+
+    It hands on the plain ``_socket.socket`` that ``accept`` made; ``Socket``
+    wraps it in a gevent socket only if it is used here, not just sent on.
+    """
+
+    def do_read(self) -> Any:
+        listener = self.socket
+        try:
+            fd, address = listener._accept()
+        except BlockingIOError:
+            return None
+        return _socket.socket(listener.family, listener.type, listener.proto, fileno=fd), address
 
     def do_close(self, sock: Any, *args: Any) -> None:
         pass

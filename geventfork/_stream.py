@@ -1,6 +1,7 @@
 """``net.Socket``: a connected stream with Node's events, on a gevent socket."""
 from __future__ import annotations
 
+import _socket
 import codecs
 import logging
 import socket as _stdlib_socket
@@ -8,9 +9,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import gevent
+from gevent import socket as gsocket
 
-from .errors import InvalidHandleTypeError
 from ._dispatch import submit
+from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +40,11 @@ def _raw(sock: Any) -> Any:
     return getattr(sock, "_sock", sock)
 
 
+def _gevent_socket(raw: Any) -> Any:
+    """A gevent socket that takes over ``raw``'s fd."""
+    return gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+
+
 class Socket(EventEmitter):
     """A connected stream, like Node's ``net.Socket``.
 
@@ -60,8 +67,11 @@ class Socket(EventEmitter):
         allow_half_open: bool = False,
     ) -> None:
         super().__init__()
-        #: The underlying gevent socket.
-        self.socket = sock
+        # A gevent socket, or the accepted ``_socket.socket`` until ``socket``
+        # is first asked for: a connection that is only handed on never
+        # needs the gevent one.
+        self._sock = sock
+        self._nonblocking = isinstance(sock, gsocket.socket)
         #: The ``Server`` that accepted this socket, if any.
         self.server = server
         self.allow_half_open = allow_half_open
@@ -83,6 +93,23 @@ class Socket(EventEmitter):
         self._peer: Any = None
         self._lingering: Any = None  # (io watcher, timer) while end() drains
 
+    @property
+    def socket(self) -> Any:
+        """The underlying gevent socket (``recv``, ``sendall``, ``makefile``)."""
+        if isinstance(self._sock, _socket.socket):
+            self._sock = _gevent_socket(self._sock)
+            self._nonblocking = True
+        return self._sock
+
+    @property
+    def _raw_socket(self) -> Any:
+        """The socket for calls that must not wait (non-blocking)."""
+        raw = _raw(self._sock)
+        if not self._nonblocking:
+            raw.setblocking(False)
+            self._nonblocking = True
+        return raw
+
     # -- addresses --------------------------------------------------------
 
     @property
@@ -98,7 +125,7 @@ class Socket(EventEmitter):
     @property
     def remote_family(self) -> Optional[str]:
         """``"IPv4"`` or ``"IPv6"`` (or None for other families)."""
-        return _FAMILIES.get(self.socket.family)
+        return _FAMILIES.get(self._sock.family)
 
     @property
     def local_address(self) -> Optional[str]:
@@ -113,14 +140,14 @@ class Socket(EventEmitter):
     def _peername(self) -> tuple:
         if self._peer is None:
             try:
-                self._peer = _address(self.socket.getpeername())
+                self._peer = _address(self._sock.getpeername())
             except OSError:
                 return (None, None)
         return self._peer
 
     def _sockname(self) -> tuple:
         try:
-            return _address(self.socket.getsockname())
+            return _address(self._sock.getsockname())
         except OSError:
             return (None, None)
 
@@ -204,7 +231,7 @@ class Socket(EventEmitter):
             return False
         if not self._pending:
             try:
-                sent = _raw(self.socket).send(data)
+                sent = self._raw_socket.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -277,7 +304,7 @@ class Socket(EventEmitter):
             return
         self._write_shut = True
         try:
-            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+            self._sock.shutdown(_stdlib_socket.SHUT_WR)
         except OSError:
             pass
         self.emit("finish")
@@ -294,7 +321,7 @@ class Socket(EventEmitter):
         """
         self._paused = True
         loop = gevent.get_hub().loop
-        raw = _raw(self.socket)
+        raw = self._raw_socket
         self._lingering = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
         self._lingering[1].start(self._lingered)
         self._lingering[0].start(self._drain, raw)
@@ -333,7 +360,7 @@ class Socket(EventEmitter):
         for greenlet in (self._reader, self._writer):
             if greenlet is not None and greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)
-        self.socket.close()
+        self._sock.close()
         if self.server is not None:
             self.server._connection_closed()
         if error is not None:
@@ -376,16 +403,16 @@ class Socket(EventEmitter):
 
     def set_no_delay(self, flag: bool = True) -> Socket:
         """Disable (or re-enable) Nagle's algorithm on a TCP socket."""
-        if self.socket.family in _FAMILIES:
-            self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
+        if self._sock.family in _FAMILIES:
+            self._sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
         return self
 
     def set_keep_alive(self, flag: bool = True, initial_delay: float = 0) -> Socket:
         """Turn TCP keep-alive on or off; ``initial_delay`` in seconds."""
-        self.socket.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
+        self._sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
         idle = getattr(_stdlib_socket, "TCP_KEEPIDLE", None)
         if flag and initial_delay and idle is not None:
-            self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
+            self._sock.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
         return self
 
     # -- sending to another process ----------------------------------------
@@ -400,14 +427,14 @@ class Socket(EventEmitter):
         self._stop_timer()
         if self.server is not None:
             self.server._handed_off = True
-        return self.socket.fileno()
+        return self._sock.fileno()
 
     def _release(self, keep_open: bool) -> None:
         """The receiver has the socket: close our copy (without a FIN) unless ``keep_open``."""
         if keep_open or self.destroyed:
             return
         self.destroyed = True
-        self.socket.close()
+        self._sock.close()
         if self.server is not None:
             self.server._connection_closed()
 
