@@ -58,6 +58,8 @@ NACK = 3
 _KINDS = (MESSAGE, ACK, NACK)
 
 HEADER = struct.Struct("!IBBBBHI")
+_unpack_header = HEADER.unpack_from
+_HEADER_SIZE = HEADER.size
 
 #: Linux refuses more fds in one message with EINVAL (``SCM_MAX_FD``).
 MAX_FDS = 253
@@ -209,7 +211,34 @@ class Decoder:
         available = len(buf) - pos
         if available < HEADER.size:
             return self._starved(available)
-        size, kind, codec, handle, flags, nfds, ident = HEADER.unpack_from(buf, pos)
+        size, kind, codec, handle, flags, nfds, ident = _unpack_header(buf, pos)
+        if kind != MESSAGE or nfds or size > self.max_size:
+            self._check_header(buf, pos, size, kind, nfds, ident)
+        start = pos + _HEADER_SIZE
+        end = start + size
+        if len(buf) < end:
+            return self._starved(available)
+        if nfds or self._batches:
+            fds, lost = self._claim(self._base + pos, nfds, buf[pos : pos + 64])
+        else:
+            fds, lost = (), False
+        payload = bytes(buf[start:end])
+        if end == len(buf):
+            self._base += end
+            self._buf = bytearray()
+            self._pos = 0
+        elif end >= _COMPACT_AT:
+            del buf[:end]
+            self._base += end
+            self._pos = 0
+        else:
+            self._pos = end
+        return Frame(kind, payload, fds, codec, handle, flags, ident, lost)
+
+    def _check_header(
+        self, buf: bytearray, pos: int, size: int, kind: int, nfds: int, ident: int
+    ) -> None:
+        """Raise for a header that breaks the format's rules."""
         if kind not in _KINDS:
             self._fail(f"unknown frame kind {kind}", buf[pos : pos + 64])
         if size > self.max_size:
@@ -219,16 +248,6 @@ class Decoder:
             )
         if nfds > MAX_FDS or (kind != MESSAGE and (size or nfds)) or (nfds and not ident):
             self._fail(f"malformed frame header (kind {kind}, {nfds} fds)", buf[pos : pos + 64])
-        end = pos + HEADER.size + size
-        if len(buf) < end:
-            return self._starved(available)
-        if nfds or self._batches:
-            fds, lost = self._claim(self._base + pos, nfds, buf[pos : pos + 64])
-        else:
-            fds, lost = (), False
-        payload = bytes(buf[pos + HEADER.size : end])
-        self._consume(end)
-        return Frame(kind, payload, fds, codec, handle, flags, ident, lost)
 
     def close(self) -> None:
         """Close every fd still held; the decoder must not be used after."""
@@ -265,18 +284,6 @@ class Decoder:
             return tuple(batch.fds), True
         self._fail(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
         raise AssertionError("unreachable")
-
-    def _consume(self, end: int) -> None:
-        if end == len(self._buf):
-            self._base += end
-            self._buf = bytearray()
-            self._pos = 0
-        elif end >= _COMPACT_AT:
-            del self._buf[:end]
-            self._base += end
-            self._pos = 0
-        else:
-            self._pos = end
 
     def _fail(self, msg: str, evidence: bytes) -> None:
         self._error = ProtocolError(msg, bytes(evidence))
