@@ -17,6 +17,9 @@ from ._serialization import by_name
 
 __all__ = ["fork", "ChildProcess"]
 
+#: The largest payload a frame's header can announce (its size field is a u32).
+_MAX_PAYLOAD = 0xFFFFFFFF
+
 
 class ChildProcess(ChannelOwner):
     """A child started by ``fork()``; the parent's handle on it.
@@ -198,9 +201,14 @@ def fork(
         The ``ChildProcess``. A failure to start is emitted as ``'error'``.
 
     Raises:
-        ValueError: an unknown ``serialization``.
+        ValueError: an unknown ``serialization``, or a ``max_message_size``
+            a frame cannot announce (1 to 4 GiB - 1: its size field is a u32).
     """
     codec = by_name(serialization)
+    if not 0 < max_message_size <= _MAX_PAYLOAD:
+        raise ValueError(
+            f"max_message_size must be from 1 to {_MAX_PAYLOAD} bytes, not {max_message_size}"
+        )
     child_env = dict(os.environ if env is None else env)
     child_env[SERIALIZATION_ENV] = codec.name
     child_env[MONKEY_ENV] = "1" if monkey else "0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import posix
+from typing import NamedTuple, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -605,3 +606,187 @@ def test_property_random_bytes_yield_frames_or_protocol_error(prefix, reads):
     assert all(isinstance(frame, Frame) for frame in frames)
     claimed = [fd for frame in frames for fd in frame.fds]
     assert sorted(claimed + closed) == sorted(given_fds)
+
+
+# ---------------------------------------------------------------- fuzzing with real fds
+
+#: The fuzzed decoder's ``max_size``: small, so that oversized frames are cheap.
+FUZZ_LIMIT = 64
+
+
+class Piece(NamedTuple):
+    """A stretch of a fuzzed stream and the fds that ride with its first byte."""
+
+    kind: str  # "frame" (valid), "garbage", "oversized", "wrong fds", "truncated"
+    data: bytes
+    nfds: int
+    frame: Optional[Frame] = None  # what a "frame" piece decodes to, fds to fill in
+
+
+def _message(payload: bytes, nfds: int, codec: int, handle: int, ident: int) -> Frame:
+    return Frame(MESSAGE, payload, tuple(range(nfds)), codec, handle, 0, ident or int(nfds > 0))
+
+
+fuzz_messages = st.builds(
+    _message, st.binary(max_size=FUZZ_LIMIT), st.integers(0, 3), u8, u8, u32
+)
+valid_pieces = (fuzz_messages | answers).map(
+    lambda frame: Piece("frame", encode(frame)[0], len(frame.fds), frame)
+)
+garbage_pieces = st.builds(
+    lambda data, nfds: Piece("garbage", data, nfds),
+    st.binary(min_size=1, max_size=40),
+    st.integers(0, 3),
+)
+oversized_pieces = st.builds(
+    lambda size, nfds, tail, sent: Piece(
+        "oversized", header(size, nfds=nfds, ident=1) + tail, sent
+    ),
+    st.integers(FUZZ_LIMIT + 1, 0xFFFFFFFF),
+    st.integers(0, 3),
+    st.binary(max_size=FUZZ_LIMIT),
+    st.integers(0, 3),
+)
+wrong_fds_pieces = st.builds(  # announces ``nfds`` fds, brings any other count up to 5
+    lambda payload, nfds, other: Piece(
+        "wrong fds", encode(_message(payload, nfds, 1, 1, 1))[0], other + (other >= nfds)
+    ),
+    st.binary(max_size=FUZZ_LIMIT),
+    st.integers(0, 4),
+    st.integers(0, 4),
+)
+
+
+def _truncated(frame: Frame, cut: int) -> Piece:
+    data = encode(frame)[0]
+    return Piece("truncated", data[: 1 + cut % (len(data) - 1)], len(frame.fds))
+
+
+truncated_pieces = st.builds(_truncated, fuzz_messages, st.integers(0, 1 << 16))
+#: The pieces that break the stream, each in its own way.
+BAD_PIECES = {
+    "garbage": garbage_pieces,
+    "oversized": oversized_pieces,
+    "wrong fds": wrong_fds_pieces,
+    "truncated": truncated_pieces,
+}
+any_pieces = st.one_of(valid_pieces, *BAD_PIECES.values())
+
+
+def open_pipe_fds(count: int) -> list:
+    """``count`` real fds, ends of fresh pipes (an odd one out is closed)."""
+    fds: list = []
+    while len(fds) < count:
+        fds.extend(os.pipe())
+    for spare in fds[count:]:
+        close(spare)
+    return fds[:count]
+
+
+def materialize(pieces: list) -> tuple:
+    """Give each piece real fds; return ``(data, owners, frames)`` for the stream.
+
+    ``owners`` is what ``split`` takes; ``frames`` are the "frame" pieces'
+    frames with their real fds.
+    """
+    data, owners, frames = b"", [], []
+    for piece in pieces:
+        fds = tuple(open_pipe_fds(piece.nfds))
+        if fds:
+            owners.append((len(data), len(data) + len(piece.data), fds))
+        if piece.frame is not None:
+            frames.append(piece.frame._replace(fds=fds))
+        data += piece.data
+    return data, owners, frames
+
+
+def decode_all(decoder: Decoder, reads: list, eof: bool) -> tuple:
+    """Feed every read (and EOF); return ``(frames, error, last_event)``.
+
+    Anything but a Frame, NEED_DATA, CLOSED or a ``ProtocolError`` fails.
+    """
+    frames, error, event = [], None, NEED_DATA
+    steps = [(data, fds, truncated) for data, fds, truncated in reads]
+    for step in [*steps, None] if eof else steps:
+        try:
+            if step is None:
+                decoder.receive_eof()
+            else:
+                decoder.receive_data(*step)
+            event = decoder.next_event()
+            while isinstance(event, Frame):
+                frames.append(event)
+                event = decoder.next_event()
+            assert event is NEED_DATA or event is CLOSED, event
+        except ProtocolError as exc:
+            assert exc.code == "ERR_IPC_PROTOCOL" and len(exc.data) <= 64
+            assert error is None or str(exc) == str(error), "the first error sticks"
+            error = exc
+    return frames, error, event
+
+
+def pipe_identity(fd: int) -> tuple:
+    st_ = os.fstat(fd)
+    return st_.st_dev, st_.st_ino
+
+
+@pytest.mark.parametrize("bad", list(BAD_PIECES))
+@PROPERTY
+@given(
+    prefix=st.lists(valid_pieces, max_size=4),
+    rest=st.lists(any_pieces, max_size=4),
+    eof=st.booleans(),
+    data=st.data(),
+)
+def test_property_real_fds_are_claimed_or_closed(bad, prefix, rest, eof, data):
+    """Valid frames, then a ``bad`` piece, then anything (valid frames, garbage,
+    oversized frames, wrong fd counts, truncated frames), in random reads with
+    real fds: the decoder yields the valid frames, then frames or a
+    ``ProtocolError``; each fd it was given ends up in exactly one yielded
+    frame, or closed by it, exactly once."""
+    pieces = [*prefix, data.draw(BAD_PIECES[bad], label="bad"), *rest]
+    stream, owners, expected = materialize(pieces)
+    given_fds = [fd for _, _, fds in owners for fd in fds]
+    identity = {fd: pipe_identity(fd) for fd in given_fds}
+    closed, close_fd = recorder(real=True)
+    try:
+        reads = draw_reads(data, stream, owners, sum(len(piece.data) for piece in prefix))
+        decoder = Decoder(max_size=FUZZ_LIMIT, close_fd=close_fd)
+        frames, error, event = decode_all(decoder, reads, eof)
+        if error is None and event is NEED_DATA:
+            decoder.close()
+        assert frames[: len(prefix)] == expected[: len(prefix)]
+        check_bad_piece(pieces[len(prefix) :], eof, frames[len(prefix) :], error)
+        claimed = [fd for frame in frames for fd in frame.fds]
+        assert sorted(claimed + closed) == sorted(given_fds), "an fd was leaked or closed twice"
+        assert all(pipe_identity(fd) == identity[fd] for fd in claimed)
+        assert not any(is_open(fd) for fd in closed)
+    finally:
+        for fd in set(given_fds) - set(closed):
+            close(fd)
+
+
+def draw_reads(data, stream: bytes, owners: list, prefix_end: int) -> list:
+    """Cut ``stream`` at random into ``(bytes, fds, truncated)`` reads.
+
+    MSG_CTRUNC may come with any read that reaches past the valid prefix (a
+    frame of the prefix that starts in such a read carries no fds).
+    """
+    cuts = data.draw(st.sets(st.integers(1, max(1, len(stream) - 1))), label="cuts")
+    reads, start = [], 0
+    for chunk, read_fds in split(stream, owners, {c for c in cuts if c < len(stream)}):
+        start += len(chunk)
+        reads.append((chunk, read_fds, start > prefix_end and data.draw(st.booleans())))
+    return reads
+
+
+def check_bad_piece(pieces: list, eof: bool, frames: list, error) -> None:
+    """What the first piece after the valid prefix makes of the stream."""
+    bad = pieces[0]
+    if bad.kind == "oversized":
+        assert frames == [] and error is not None
+        assert f"over the {FUZZ_LIMIT}-byte limit" in str(error)
+    elif bad.kind == "truncated" and len(pieces) == 1:
+        assert frames == []
+        assert error is None or eof, error
+        assert not eof or "EOF inside a frame" in str(error)
