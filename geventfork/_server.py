@@ -1,7 +1,6 @@
 """``net.Server``: a listening TCP server with Node's events, on ``StreamServer``."""
 from __future__ import annotations
 
-import _socket
 import socket as _stdlib_socket
 from typing import Any, Callable, Optional
 
@@ -9,7 +8,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
-from ._stream import _FAMILIES, Socket, _address
+from ._stream import _FAMILIES, Accepted, Socket, _address
 from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
@@ -33,8 +32,8 @@ def _bind(host: str, port: int, backlog: int) -> Any:
 class _Acceptor(StreamServer):
     """A ``StreamServer`` that leaves accepted sockets open: ``Socket`` owns them.
 
-    It hands on the plain ``_socket.socket`` that ``accept`` made; ``Socket``
-    wraps it in a gevent socket only if it is used here, not just sent on.
+    It hands on the bare accepted fd; ``Socket`` makes a socket object of it
+    only if the connection is used here, not just sent on.
     """
 
     def do_read(self) -> Any:
@@ -43,7 +42,7 @@ class _Acceptor(StreamServer):
             fd, address = listener._accept()
         except BlockingIOError:
             return None
-        return _socket.socket(listener.family, listener.type, listener.proto, fileno=fd), address
+        return Accepted(fd, listener.family, listener.type, listener.proto, address), address
 
     def do_close(self, sock: Any, *args: Any) -> None:
         pass
@@ -159,6 +158,7 @@ class Server(EventEmitter):
         self.emit("connection", conn)
 
     def _drop(self, sock: Any, address: Any) -> None:
+        sock = sock.to_socket()
         local = _address(sock.getsockname())
         remote = _address(address)
         family = _FAMILIES.get(sock.family)

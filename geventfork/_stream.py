@@ -18,7 +18,7 @@ from .events import EventEmitter
 if TYPE_CHECKING:  # pragma: no cover
     from ._server import Server
 
-__all__ = ["Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
+__all__ = ["Accepted", "Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
 
 log = logging.getLogger("geventfork.net")
 
@@ -43,6 +43,37 @@ def _raw(sock: Any) -> Any:
 def _gevent_socket(raw: Any) -> Any:
     """A gevent socket that takes over ``raw``'s fd."""
     return gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+
+
+class Accepted:
+    """A connection ``accept`` returned, as its bare fd and peer address.
+
+    Making a socket object costs a system call (CPython checks the fd with
+    ``getsockname``), and a connection that is only handed on never needs one.
+    """
+
+    __slots__ = ("fd", "family", "type", "proto", "peer")
+
+    def __init__(self, fd: int, family: int, type: int, proto: int, peer: Any) -> None:
+        self.fd, self.family, self.type, self.proto, self.peer = fd, family, type, proto, peer
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def getpeername(self) -> Any:
+        return self.peer
+
+    def detach(self) -> int:
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            _socket.close(self.detach())
+
+    def to_socket(self) -> Any:
+        """A ``_socket.socket`` that takes over the fd."""
+        return _socket.socket(self.family, self.type, self.proto, fileno=self.detach())
 
 
 class Socket(EventEmitter):
@@ -96,6 +127,8 @@ class Socket(EventEmitter):
     @property
     def socket(self) -> Any:
         """The underlying gevent socket (``recv``, ``sendall``, ``makefile``)."""
+        if isinstance(self._sock, Accepted):
+            self._sock = self._sock.to_socket()
         if isinstance(self._sock, _socket.socket):
             self._sock = _gevent_socket(self._sock)
             self._nonblocking = True
@@ -104,6 +137,8 @@ class Socket(EventEmitter):
     @property
     def _raw_socket(self) -> Any:
         """The socket for calls that must not wait (non-blocking)."""
+        if isinstance(self._sock, Accepted):
+            self._sock = self._sock.to_socket()
         raw = _raw(self._sock)
         if not self._nonblocking:
             raw.setblocking(False)
@@ -147,7 +182,7 @@ class Socket(EventEmitter):
 
     def _sockname(self) -> tuple:
         try:
-            return _address(self._sock.getsockname())
+            return _address(self._raw_socket.getsockname())
         except OSError:
             return (None, None)
 
@@ -304,7 +339,7 @@ class Socket(EventEmitter):
             return
         self._write_shut = True
         try:
-            self._sock.shutdown(_stdlib_socket.SHUT_WR)
+            self._raw_socket.shutdown(_stdlib_socket.SHUT_WR)
         except OSError:
             pass
         self.emit("finish")
@@ -404,15 +439,15 @@ class Socket(EventEmitter):
     def set_no_delay(self, flag: bool = True) -> Socket:
         """Disable (or re-enable) Nagle's algorithm on a TCP socket."""
         if self._sock.family in _FAMILIES:
-            self._sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
+            self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
         return self
 
     def set_keep_alive(self, flag: bool = True, initial_delay: float = 0) -> Socket:
         """Turn TCP keep-alive on or off; ``initial_delay`` in seconds."""
-        self._sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
+        self._raw_socket.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
         idle = getattr(_stdlib_socket, "TCP_KEEPIDLE", None)
         if flag and initial_delay and idle is not None:
-            self._sock.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
+            self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
         return self
 
     # -- sending to another process ----------------------------------------
