@@ -32,6 +32,7 @@ READ_SIZE = 64 * 1024
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
+_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
 _FAMILIES = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
 
 
@@ -102,7 +103,6 @@ class Socket(EventEmitter):
         # is first asked for: a connection that is only handed on never
         # needs the gevent one.
         self._sock = sock
-        self._nonblocking = isinstance(sock, gsocket.socket)
         #: The ``Server`` that accepted this socket, if any.
         self.server = server
         self.allow_half_open = allow_half_open
@@ -131,19 +131,14 @@ class Socket(EventEmitter):
             self._sock = self._sock.to_socket()
         if isinstance(self._sock, _socket.socket):
             self._sock = _gevent_socket(self._sock)
-            self._nonblocking = True
         return self._sock
 
     @property
     def _raw_socket(self) -> Any:
-        """The socket for calls that must not wait (non-blocking)."""
+        """The plain socket under this one; calls that must not wait pass ``MSG_DONTWAIT``."""
         if isinstance(self._sock, Accepted):
             self._sock = self._sock.to_socket()
-        raw = _raw(self._sock)
-        if not self._nonblocking:
-            raw.setblocking(False)
-            self._nonblocking = True
-        return raw
+        return _raw(self._sock)
 
     # -- addresses --------------------------------------------------------
 
@@ -266,7 +261,7 @@ class Socket(EventEmitter):
             return False
         if not self._pending:
             try:
-                sent = self._raw_socket.send(data)
+                sent = self._raw_socket.send(data, _DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -364,7 +359,7 @@ class Socket(EventEmitter):
     def _drain(self, raw: Any) -> None:
         """The socket is readable while lingering (runs in the hub)."""
         try:
-            while raw.recv(READ_SIZE):
+            while raw.recv(READ_SIZE, _DONTWAIT):
                 pass
         except BlockingIOError:
             return
