@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "fork",
     "ChildProcess",
+    "Pool",
     "process",
     "Process",
     "net",
@@ -32,6 +33,7 @@ __all__ = [
 _WHERE = {
     "fork": "child_process",
     "ChildProcess": "child_process",
+    "Pool": "_pool",
     "process": "_process",
     "Process": "_process",
     "net": "",
@@ -48,6 +50,7 @@ _WHERE = {
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, net
     from ._main import run
+    from ._pool import Pool
     from .child_process import ChildProcess, fork
     from .errors import (
         ChannelClosedError,

@@ -4,10 +4,15 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import struct
+import termios
 from array import array
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
-__all__ = ["RECV_FLAGS", "MAX_FDS_PER_READ", "anc_buffer_size", "fds_from_ancillary", "set_cloexec"]
+__all__ = [
+    "RECV_FLAGS", "MAX_FDS_PER_READ", "anc_buffer_size", "fds_from_ancillary", "set_cloexec",
+    "tcp_progress", "running",
+]
 
 #: Received fds are close-on-exec atomically where the kernel can do it
 #: (Linux). Elsewhere ``fds_from_ancillary`` sets the flag on each one.
@@ -46,3 +51,50 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+# Linux ``struct tcp_info``: tcpi_state is byte 0; tcpi_bytes_acked and
+# tcpi_bytes_received (u64, Linux 4.1+) are at offsets 120 and 128.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_SIZE = 136
+_BYTES = struct.Struct("=QQ")
+_BYTES_OFFSET = 120
+_ESTABLISHED, _CLOSE_WAIT = 1, 8
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ: bytes not yet acked by the peer
+
+
+def _ioctl_int(fd: int, request: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+
+
+def tcp_progress(sock: Any) -> Optional[tuple]:
+    """What has happened to a TCP connection: ``(shut, consumed, written)``.
+
+    ``shut``: no longer open both ways from our side; ``consumed``: bytes
+    read from it, by any process; ``written``: bytes written to it. None
+    where the kernel does not say (not Linux, not TCP, closed).
+    """
+    if _TCP_INFO is None or _OUTQ is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+        unread = _ioctl_int(sock.fileno(), termios.FIONREAD)
+        unacked = _ioctl_int(sock.fileno(), _OUTQ)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_SIZE:
+        return None
+    state = info[0]
+    acked, received = _BYTES.unpack_from(info, _BYTES_OFFSET)
+    fin = 1 if state == _CLOSE_WAIT else 0  # the peer's FIN counts as a byte received
+    return (state not in (_ESTABLISHED, _CLOSE_WAIT), received - fin - unread, acked + unacked)
+
+
+def running(pid: int) -> bool:
+    """Whether our child ``pid`` has not exited yet; does not reap it."""
+    if not hasattr(os, "waitid"):
+        return True
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # reaped already
+        return False

@@ -126,3 +126,16 @@ def test_priority_selftest(popen):
         _kill_group(proc)
     assert proc.returncode == 0, output
     assert "20 of 20 clients served as expected" in output, output
+
+
+def test_pool_example(example):
+    proc, port = example("pool/parent.py", "0", SPECIAL_ADDRESS, "127.0.0.1")
+    sources = ["127.0.0.1", SPECIAL_ADDRESS] * (CONNECTIONS // 2)
+    request = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
+    replies = Counter(drive(port, ((request, source) for source in sources)))
+    assert replies == {
+        b"Request handled with normal priority": CONNECTIONS // 2,
+        b"Request handled with special priority": CONNECTIONS // 2,
+    }
+    proc.send_signal(signal.SIGTERM)  # the workers are idle: it exits at once, and cleanly
+    assert proc.wait(timeout=TIMEOUT) == 0

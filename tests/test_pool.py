@@ -1,0 +1,269 @@
+"""``geventfork.Pool``, with real worker processes and real connections.
+
+The pool runs in the test process for the tests of sending, and in a parent
+process of its own (``tests/children/pool_parent.py``) for the tests of
+shutting down, so that the parent can be sent SIGTERM or SIGKILL.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+
+import gevent
+import pytest
+from gevent.event import AsyncResult, Event
+from gevent.queue import Queue
+
+from geventfork import Pool, _pool, net
+from helpers import (
+    CHILDREN_DIR,
+    TIMEOUT,
+    kill_quietly,
+    next_event,
+    python_env,
+    wait_gone,
+    wait_until,
+)
+
+REPLY = b"served by the pool\n"
+#: The load test: concurrent clients, SIGKILLs, and seconds between them.
+CLIENTS = 8
+KILLS = 10
+KILL_INTERVAL = 1.0
+
+
+@pytest.fixture
+def pools(no_leaked_children):
+    """``pools(script, size, **options)``: a ``Pool`` of ``tests/children/script``, closed at the end."""
+    started = []
+
+    def start(script, size, **options):
+        pool = Pool(os.path.join(CHILDREN_DIR, script), size, **options)
+        started.append(pool)
+        return pool
+
+    yield start
+    for pool in started:
+        pool.close(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def server():
+    """A listening ``net.Server`` on 127.0.0.1 that reads nothing; closed at the end."""
+    srv = net.create_server(pause_on_connect=True)
+    srv.listen(0, "127.0.0.1")
+    yield srv
+    srv.close()
+
+
+def ask(port, request=b"hello\n"):
+    """Connect, send ``request``, return everything up to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        return read_rest(sock)
+
+
+def read_rest(sock):
+    reply = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return reply
+        reply += chunk
+
+
+def replies(pool):
+    """A queue of ``(worker pid, message)`` for every message ``pool``'s workers send."""
+    queue = Queue()
+    pool.on("message", lambda worker, message, handle: queue.put((worker.pid, message)))
+    return queue
+
+
+# -- sending ----------------------------------------------------------------
+
+
+def test_workers_are_forked_and_announced(pools):
+    spawned = []
+    pool = pools("pool_reply.py", 2)
+    pool.on("spawn", spawned.append)
+    assert pool.size == 2
+    assert len(pool.workers) == 2 and all(worker.connected for worker in pool.workers)
+    wait_until(lambda: len(spawned) == 2, "two 'spawn' events")
+    assert spawned == pool.workers
+
+
+def test_round_robin(pools):
+    pool = pools("pool_reply.py", 2)
+    inbox = replies(pool)
+    for _ in range(4):
+        pool.send("pid")
+    pids = [message for _, message in (inbox.get(timeout=TIMEOUT) for _ in range(4))]
+    assert Counter(pids) == {worker.pid: 2 for worker in pool.workers}
+
+
+def test_least_busy_passes_over_a_worker_with_a_connection_waiting(pools, server):
+    pool = pools("pool_worker.py", 2, strategy="least_busy")
+    inbox = replies(pool)
+    acked = AsyncResult()
+    server.once("connection", lambda conn: pool.send("stall", conn, callback=acked.set))
+    with socket.create_connection(("127.0.0.1", server.address()["port"])):
+        assert acked.get(timeout=TIMEOUT) is None
+        stalled_by, message = inbox.get(timeout=TIMEOUT)  # it keeps the socket, untouched
+        assert message == ["stalled", stalled_by]
+        other = next(worker.pid for worker in pool.workers if worker.pid != stalled_by)
+        for n in range(4):
+            pool.send(n)
+            assert inbox.get(timeout=TIMEOUT) == (other, [n, other])
+
+
+def test_a_send_with_no_worker_alive_waits_for_the_restart(pools, server):
+    pool = pools("pool_reply.py", 1)
+    inbox = replies(pool)
+    old = pool.workers[0]
+    exited = next_event(pool, "exit")
+    old.kill(signal.SIGKILL)
+    assert exited.get(timeout=TIMEOUT) == (old, None, "SIGKILL")
+    assert pool.workers == []
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    assert pool.send("hello") is False  # queued
+    assert ask(server.address()["port"]) == REPLY
+    pid, message = inbox.get(timeout=TIMEOUT)
+    assert message == "hello" and pid != old.pid
+    assert [worker.pid for worker in pool.workers] == [pid]
+
+
+def test_restarts_back_off_exponentially(pools):
+    loop = gevent.get_hub().loop
+    exits, spawns = [], []
+    pool = pools("exit_with.py", 1, args=[3])
+    pool.on("exit", lambda worker, code, sig: exits.append((loop.now(), code)))
+    pool.on("spawn", lambda worker: spawns.append(loop.now()))
+    wait_until(lambda: len(exits) == 4, "four quick deaths", timeout=3 * TIMEOUT)
+    assert {code for _, code in exits} == {3}
+    gaps = [spawn - died for (died, _), spawn in zip(exits, spawns[1:])]
+    expected = [_pool.RESTART_DELAY * 2**n for n in range(3)]
+    assert all(gap >= want * 0.95 for gap, want in zip(gaps, expected)), (gaps, expected)
+
+
+def test_no_connection_is_lost_while_workers_are_killed(pools, server):
+    """Steady load; a worker SIGKILLed every second; every client gets its whole answer.
+
+    The worker answers without reading, in one step, so a connection it had
+    begun on already has its answer: any loss is the pool's. Measured here,
+    a pool that closes its copy on acknowledgment (no ``keep_open``) lost a
+    connection or more in 19 of 30 runs; this one re-sent 1 to 3
+    acknowledged connections in most runs and lost none in 40.
+    """
+    pool = pools("pool_reply.py", 3)
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    port = server.address()["port"]
+    stop, tally, lost = Event(), Counter(), []
+    clients = [gevent.spawn(client, port, stop, tally, lost) for _ in range(CLIENTS)]
+    try:
+        kills = kill_workers(pool)
+    finally:
+        stop.set()
+        finished = gevent.joinall(clients, timeout=2 * TIMEOUT)
+    assert len(finished) == CLIENTS, "a client hung"
+    assert kills == KILLS
+    assert lost == [], f"{len(lost)} of {tally['opened']} connections lost: {lost[:5]}"
+    assert tally["answered"] == tally["opened"] > 0
+    wait_until(lambda: len([w for w in pool.workers if w.connected]) == pool.size,
+               "the pool back to full size", timeout=_pool.MAX_RESTART_DELAY + TIMEOUT)
+
+
+def client(port, stop, tally, lost):
+    """Open connections one after the other until ``stop``; count the answers."""
+    while not stop.is_set():
+        tally["opened"] += 1
+        try:
+            reply = ask(port)
+        except OSError as exc:
+            reply = exc
+        if reply == REPLY:
+            tally["answered"] += 1
+        else:
+            lost.append(reply)
+
+
+def kill_workers(pool):
+    """SIGKILL a live worker, in turn, every ``KILL_INTERVAL`` s; return how many."""
+    kills = 0
+    for n in range(KILLS):
+        gevent.sleep(KILL_INTERVAL)  # the load's schedule, not a wait for an event
+        wait_until(lambda: pool.workers, "a live worker to kill")
+        victim = pool.workers[n % len(pool.workers)]
+        kills += victim.kill(signal.SIGKILL)
+    return kills
+
+
+# -- shutting down ----------------------------------------------------------
+
+
+def start_parent(popen, size, close_timeout):
+    """Start ``pool_parent.py``; return it and what it said: its port and workers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "pool_parent.py"),
+         str(size), str(close_timeout)],
+        env=python_env(), stdout=subprocess.PIPE,
+    )
+    popen.append(proc)
+    with gevent.Timeout(TIMEOUT, AssertionError("the parent never said it was listening")):
+        hello = json.loads(proc.stdout.readline())
+    return proc, hello
+
+
+def begin(port, request):
+    """Connect, send ``request`` and wait until the worker says it is working on it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(request)
+    assert sock.recv(8) == b"working\n"
+    return sock
+
+
+@pytest.fixture
+def orphans():
+    """A list of worker pids; those still running ``pool_worker.py`` are SIGKILLed at the end."""
+    pids = []
+    yield pids
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = b"pool_worker.py" in f.read()  # not a pid reused since
+        except OSError:
+            continue
+        if ours:
+            kill_quietly(pid)
+
+
+def test_sigterm_finishes_the_connections_in_flight(popen, orphans):
+    close_timeout = 2.0
+    proc, hello = start_parent(popen, 2, close_timeout)
+    orphans.extend(hello["workers"])
+    slow = [begin(hello["port"], b"slow") for _ in range(4)]
+    hung = begin(hello["port"], b"hang")
+    proc.send_signal(signal.SIGTERM)
+    for sock in slow:
+        with sock:
+            assert read_rest(sock) == b"done\n"
+    with hung:  # ended when its worker was killed, after close_timeout
+        assert read_rest(hung) == b""
+    assert proc.wait(timeout=close_timeout + TIMEOUT) == 0
+    exits = json.loads(proc.stdout.readline())["exits"]
+    assert sorted(pid for pid, _, _ in exits) == sorted(hello["workers"])  # reaped
+    assert all(wait_gone(pid) for pid in hello["workers"])
+
+
+def test_sigkill_leaves_no_worker_running(popen, orphans):
+    close_timeout = 1.0
+    proc, hello = start_parent(popen, 2, close_timeout)
+    orphans.extend(hello["workers"])
+    with begin(hello["port"], b"hang") as hung:  # one worker is busy in a handler
+        proc.kill()
+        assert proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
+        for pid in hello["workers"]:
+            assert wait_gone(pid, timeout=close_timeout + TIMEOUT), f"worker {pid} outlived its parent"
+        assert read_rest(hung) == b""  # ended when its worker gave up
