@@ -1,0 +1,221 @@
+"""geventfork against Node.js and a bare gevent floor, measured side by side.
+
+Usage: python benchmarks/run.py [--rounds N] [--quick] [--sections LIST]
+                                [--systems LIST] [--json PATH]
+
+Builds loadgen.c, then for each round runs every selected section once per
+system, in turn (node, geventfork, floor, node, ...), each from a fresh
+start, and prints the median of each figure over the rounds with the targets
+of the performance issue. Progress goes to stderr, the table to stdout.
+Exits 1 if a system failed to run (a missed target is not a failure), 2 if
+the harness could not start, 130 on Ctrl-C. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+from _process_group import stop_all
+from _report import table
+from _systems import (
+    HANDOFF, IPC, ROOT, BenchError, Settings, build_loadgen, measure_handoff, measure_ipc,
+)
+
+SECTIONS = ("silent", "request", "stream", "pingpong", "large", "cost")
+GROUPS = {"handoff": ("silent", "request"), "ipc": ("stream", "pingpong", "large"),
+          "all": SECTIONS}
+SYSTEMS = ("node", "geventfork", "floor")
+MIN_ROUNDS = 3
+
+
+def parse_args(argv: list) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                        help=f"rounds to take the median of (at least {MIN_ROUNDS})")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a quarter of the work per measurement")
+    parser.add_argument("--sections", default="all", help=(
+        f"comma-separated: {', '.join(SECTIONS)}, or the groups {', '.join(GROUPS)}"))
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated: node, geventfork, floor")
+    parser.add_argument("--nofile", type=int, default=Settings.nofile, help=(
+        "open-files limit (soft and hard) of the systems under test (default %(default)s, "
+        "the usual soft limit; 0 keeps this shell's)"))
+    parser.add_argument("--json", metavar="PATH", help="also write every round's figures here")
+    args = parser.parse_args(argv)
+    if args.rounds < MIN_ROUNDS:
+        parser.error(f"--rounds must be at least {MIN_ROUNDS}")
+    args.sections = _names(parser, args.sections, SECTIONS, GROUPS)
+    args.systems = _names(parser, args.systems, SYSTEMS, {})
+    return args
+
+
+def _names(parser: argparse.ArgumentParser, text: str, known: tuple, groups: dict) -> list:
+    """Expand a comma-separated list of names and groups, kept in ``known``'s order."""
+    chosen = set()
+    for name in filter(None, text.split(",")):
+        if name not in known and name not in groups:
+            parser.error(f"unknown name {name!r}: choose from {', '.join((*known, *groups))}")
+        chosen.update(groups.get(name, (name,)))
+    return [name for name in known if name in chosen]
+
+
+def plan(args: argparse.Namespace, settings: Settings, loadgen: str, workdir: str) -> list:
+    """One round's measurements, as ``(section, system, run)``, systems alternating."""
+    jobs = []
+    for mode in ("silent", "request"):
+        if mode in args.sections:
+            for system in (s for s in args.systems if s in HANDOFF):
+                run = functools.partial(measure_handoff, system, mode, loadgen, settings, workdir)
+                jobs.append((f"hand-off {mode}", system, run))
+    for section, bench in _ipc_benches(args.sections, settings):
+        for system in (s for s in args.systems if s in IPC):
+            run = functools.partial(_ipc, system, bench, settings, workdir)
+            jobs.append((section, system, run))
+    return jobs
+
+
+def _ipc_benches(sections: list, settings: Settings) -> list:
+    benches = []
+    if "stream" in sections:
+        benches.append(("IPC stream", ["stream", settings.stream]))
+    if "pingpong" in sections:
+        benches.append(("IPC ping-pong", ["pingpong", settings.pingpong]))
+    if "large" in sections:
+        benches += [(f"IPC large {size >> 20} MiB", ["large", size, count])
+                    for size, count in settings.large]
+    if "cost" in sections:
+        benches.append(("cost", ["cost", settings.cost]))
+    return benches
+
+
+def _ipc(system: str, bench: list, settings: Settings, workdir: str) -> dict:
+    figures = measure_ipc(system, bench, settings, workdir)
+    if "rss_kib" in figures:
+        figures["rss_mib"] = figures["rss_kib"] / 1024
+    return figures
+
+
+def run_rounds(rounds: int, jobs: list) -> tuple:
+    """Run every job once per round; return ``(results, failures)``."""
+    results = defaultdict(list)
+    failures = []
+    for number in range(1, rounds + 1):
+        for section, system, run in jobs:
+            say(f"round {number}/{rounds}  {section:<17} {system:<10} ", end="")
+            try:
+                figures = run()
+            except BenchError as exc:
+                failures.append(f"round {number}, {section}, {system}: {exc}")
+                say(f"FAILED: {exc}")
+                continue
+            results[(section, system)].append(figures)
+            say(_summary(figures))
+    return results, failures
+
+
+def _summary(figures: dict) -> str:
+    """A short progress line for one measurement."""
+    if "conn_per_s" in figures:
+        outcomes = ", ".join(f"{k} {figures[k]}" for k in ("reset", "empty", "hung", "connect_error"))
+        died = f", server died:\n{figures['died_with']}" if figures["server_died"] else ""
+        return f"{figures['conn_per_s']:.0f} conn/s ({outcomes}{died})"
+    for key, unit in (("msgs_per_s", "msgs/s"), ("round_trips_per_s", "round trips/s"),
+                      ("mb_per_s", "MB/s")):
+        if key in figures:
+            return f"{figures[key]:.0f} {unit}"
+    return f"spawn {figures['spawn_ms']:.1f} ms, ready {figures['ready_ms']:.1f} ms, " \
+           f"RSS {figures['rss_mib']:.1f} MiB"
+
+
+def versions() -> str:
+    """What ran: Python, gevent, Node, the geventfork checkout, the machine."""
+    import gevent
+
+    node = _output(["node", "--version"]) or "missing"
+    commit = _output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    if commit and _output(["git", "-C", ROOT, "status", "--porcelain", "--", "geventfork"]):
+        commit += " + uncommitted changes in geventfork/"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"Python {sys.version.split()[0]} ({sys.executable}), gevent {gevent.__version__}, "
+            f"Node {node}, geventfork {commit or 'unknown'}; "
+            f"{os.cpu_count()} CPUs, load average {load}")
+
+
+def _output(cmd: list) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def say(text: str, end: str = "\n") -> None:
+    """Progress, on stderr."""
+    print(text, end=end, file=sys.stderr, flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list) -> int:
+    args = parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    settings.nofile = args.nofile
+    missing = [tool for tool in ("gcc", *(["node"] if "node" in args.systems else []))
+               if shutil.which(tool) is None]
+    if missing:
+        say(f"not found on PATH: {', '.join(missing)}")
+        return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    started = time.monotonic()
+    say(versions())
+    workdir = tempfile.mkdtemp(prefix="geventfork-bench-")
+    try:
+        loadgen = build_loadgen(workdir)
+        results, failures = run_rounds(args.rounds, plan(args, settings, loadgen, workdir))
+    except KeyboardInterrupt:
+        say("\ninterrupted: stopping everything started")
+        return 130
+    except BenchError as exc:
+        say(str(exc))
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
+        stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(args, settings, results, failures, time.monotonic() - started)
+    return 1 if failures else 0
+
+
+def report(args: argparse.Namespace, settings: Settings, results: dict, failures: list,
+           elapsed: float) -> None:
+    """Print the versions, the table and the failures; write --json if asked."""
+    print(versions())
+    print(f"{args.rounds} rounds{' (quick)' if args.quick else ''}, median of each figure "
+          f"(counts: total over the rounds); {settings.concurrency} clients, "
+          f"{settings.duration:g} s of load per hand-off measurement (after {settings.warmup:g} s "
+          f"of silent warm-up), open-files limit {settings.nofile or 'inherited'}\n")
+    print(table(results))
+    for failure in failures:
+        print(f"\nFAILED {failure}")
+    print(f"\nrun took {elapsed:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{section} / {system}": rounds
+                       for (section, system), rounds in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
