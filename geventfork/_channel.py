@@ -140,10 +140,16 @@ class Channel:
         out = _handles.to_wire(handle) if handle is not None else None
         if out is None:
             data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
+            if not self._flush_scheduled and not self._queue and not self._write_watcher.active:
+                data = self._write_now(data, callback)
+                if data is None:
+                    return True
             self._queue.append([data, (), callback])
             self._queued_bytes += len(data)
             if not self._flush_scheduled:
                 self._schedule_flush()
+            elif self._queued_bytes >= WRITE_BATCH and not self._write_watcher.active:
+                self._flush()  # a long run of sends: let the peer start on them
         else:
             self._next_ident = self._next_ident % 0xFFFFFFFF + 1
             ident = self._next_ident
@@ -175,14 +181,36 @@ class Channel:
         self._queued_bytes += len(data)
         self._schedule_flush()
 
+    def _write_now(self, data: bytes, callback: Optional[Callback]) -> Any:
+        """Write a message at once when nothing is queued (as libuv does).
+
+        Sends later in this turn of the loop queue up behind it and go out
+        together from the flush this schedules. Returns what is left to queue,
+        or None when the kernel took it all.
+        """
+        try:
+            sent = self._sock.send(data)
+        except OSError:  # full (EAGAIN), or broken: the flush finds out which
+            sent = 0
+        self._flush_scheduled = True
+        get_hub().loop.run_callback(self._scheduled_flush)
+        if sent < len(data):
+            return memoryview(data)[sent:] if sent else data
+        if callback is not None:
+            self._finish([(callback, None)])
+        return None
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and not self._write_watcher.active:
             self._flush_scheduled = True
-            get_hub().loop.run_callback(self._flush)
+            get_hub().loop.run_callback(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
-        """Write what the socket takes now (runs in the hub: never blocks)."""
-        self._flush_scheduled = False
+        """Write what the socket takes now (never blocks)."""
         self._write_watcher.stop()
         if self._closed:
             return

@@ -113,4 +113,6 @@ def submit(fn: Callable, *args: Any) -> None:
         dispatcher = hub.geventfork_dispatcher
     except AttributeError:
         dispatcher = hub.geventfork_dispatcher = Dispatcher(hub)
-    dispatcher.submit(fn, args)
+    dispatcher._jobs.append((fn, args))  # Dispatcher.submit, inlined: once per message
+    if dispatcher._runner is None:
+        dispatcher._start_runner()

@@ -105,6 +105,7 @@ class Frame(NamedTuple):
 
 
 Event = Union[Frame, _Sentinel]
+_new_frame = tuple.__new__  # Frame(...) without the generated __new__'s extra call
 
 
 def encode(frame: Frame) -> tuple:
@@ -233,7 +234,7 @@ class Decoder:
             self._pos = 0
         else:
             self._pos = end
-        return Frame(kind, payload, fds, codec, handle, flags, ident, lost)
+        return _new_frame(Frame, (kind, payload, fds, codec, handle, flags, ident, lost))
 
     def _check_header(
         self, buf: bytearray, pos: int, size: int, kind: int, nfds: int, ident: int
