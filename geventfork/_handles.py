@@ -11,6 +11,8 @@ from typing import Any, Callable, NamedTuple
 
 from gevent import socket as gsocket
 
+from ._server import Server
+from ._stream import Socket
 from .errors import InvalidHandleTypeError
 
 __all__ = ["Outgoing", "to_wire", "from_wire", "close"]
@@ -44,12 +46,10 @@ def to_wire(handle: Any) -> Outgoing:
         InvalidHandleTypeError: not a kind of handle ``send()`` accepts, or
             already closed.
     """
-    from . import net
-
-    if isinstance(handle, net.Socket):
+    if isinstance(handle, Socket):
         fd = handle._handoff()
         return Outgoing(SOCKET, PAUSED if handle._paused else 0, fd, handle._release)
-    if isinstance(handle, net.Server):
+    if isinstance(handle, Server):
         fd = handle._listening_fd()
         flags = (PAUSE_ON_CONNECT if handle.pause_on_connect else 0) | (
             ALLOW_HALF_OPEN if handle.allow_half_open else 0
@@ -76,12 +76,10 @@ def from_wire(code: int, flags: int, fd: int) -> Any:
     Raises:
         ValueError: unknown handle number (the caller closes ``fd``).
     """
-    from . import net
-
     if code == SOCKET:
-        return net.Socket(_socket.socket(fileno=fd), paused=bool(flags & PAUSED))
+        return Socket(_socket.socket(fileno=fd), paused=bool(flags & PAUSED))
     if code == SERVER:
-        return net.Server._from_listener(
+        return Server._from_listener(
             gsocket.socket(fileno=fd),
             pause_on_connect=bool(flags & PAUSE_ON_CONNECT),
             allow_half_open=bool(flags & ALLOW_HALF_OPEN),

@@ -369,7 +369,10 @@ class Socket(EventEmitter):
 
     def _lingered(self) -> None:
         self._stop_lingering()
-        submit(self.destroy)  # 'close' listeners may block: not in the hub
+        if self._listeners.get("close"):
+            submit(self.destroy)  # 'close' listeners may block: not in the hub
+        else:
+            self.destroy()
 
     def _stop_lingering(self) -> None:
         if self._lingering is not None:
