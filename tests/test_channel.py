@@ -12,9 +12,11 @@ from __future__ import annotations
 import _socket
 import base64
 import contextlib
+import fcntl
 import os
 import resource
 import socket
+import termios
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -305,6 +307,27 @@ def test_send_returns_false_past_the_high_water_mark(pair) -> None:
     # Everything went to the kernel: below the mark again.
     assert a.ch.send("small") is True
     assert b.message() == "small"
+
+
+def _unread(channel: Channel) -> int:
+    """Bytes waiting in the kernel for ``channel`` to read."""
+    return array("i", fcntl.ioctl(channel.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_a_send_with_nothing_queued_reaches_the_kernel_at_once(pair) -> None:
+    a, b = pair()
+    a.ch.send("now")
+    assert _unread(b.ch) == _wire.HEADER.size + len(b'"now"')  # before this greenlet yields
+    assert b.message() == "now"
+
+
+def test_a_long_run_of_sends_is_flushed_before_the_sender_yields(pair) -> None:
+    # The peer can start on a long burst while the sender is still encoding it.
+    a, b = pair()
+    for i in range(30_000):
+        a.ch.send(i)
+    assert _unread(b.ch) > 64 * 1024
+    assert [b.message() for _ in range(30_000)] == list(range(30_000))
 
 
 def test_callback_gets_none_exactly_once_per_message(pair) -> None:
