@@ -581,6 +581,38 @@ def test_socket_handles_pass_over_scm_rights(
         prove(handle)  # both copies are the same endpoint and both work
 
 
+def _connected_pair(family: int) -> tuple:
+    """Two connected stream sockets of ``family`` (gevent sockets)."""
+    if family == socket.AF_UNIX:
+        return gsocket.socketpair()
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    listener = gsocket.socket(family, socket.SOCK_STREAM)
+    with contextlib.closing(listener):
+        listener.bind((host, 0))
+        listener.listen(1)
+        client = gsocket.create_connection(listener.getsockname()[:2])
+        return listener.accept()[0], client
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX],
+                         ids=["tcp4", "tcp6", "unix"])
+def test_a_net_socket_arrives_with_its_family(pair, opened, family: int) -> None:
+    # TCP sockets say their family on the wire (the receiver skips asking the
+    # kernel); any other stream is asked. Either way the socket works.
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    a, b = pair()
+    ours, peer = (opened(s) for s in _connected_pair(family))
+    a.ch.send("conn", net.Socket(ours), callback=lambda err: None)
+    _message, received = take(b.messages, "the socket")
+    assert isinstance(received, net.Socket)
+    assert (received.socket.family, received.socket.type) == (family, socket.SOCK_STREAM)
+    received.end(b"hello")
+    with gevent.Timeout(TIMEOUT):
+        assert peer.recv(100) == b"hello"
+    peer.close()
+
+
 def test_many_handles_interleaved_with_messages_each_keep_their_own_fd(pair, opened) -> None:
     # More fds than one sendmsg may carry (253), each frame with its own: the
     # write batching must never move an fd to another frame.
