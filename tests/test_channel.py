@@ -321,6 +321,16 @@ def test_a_send_with_nothing_queued_reaches_the_kernel_at_once(pair) -> None:
     assert b.message() == "now"
 
 
+def test_a_handle_with_nothing_queued_reaches_the_kernel_at_once(pair, opened) -> None:
+    a, b = pair()
+    ours, _theirs = (opened(s) for s in socket.socketpair())
+    a.ch.send("h", ours, callback=lambda err: None)
+    assert _unread(b.ch) == _wire.HEADER.size + len(b'"h"')  # before this greenlet yields
+    message, received = take(b.messages, "the handle")
+    opened(received)
+    assert message == "h"
+
+
 def test_a_long_run_of_sends_is_flushed_before_the_sender_yields(pair) -> None:
     # The peer can start on a long burst while the sender is still encoding it.
     a, b = pair()
