@@ -84,7 +84,8 @@ class Channel:
         self._codec = codec
         self.max_size = max_size
         self._decoder = _wire.Decoder(max_size, _platform.close_quietly)
-        loop = get_hub().loop
+        loop = self._loop = get_hub().loop
+        self._written_in = -1  # the loop iteration of the last _write_now
         self._read_watcher = loop.io(self._fd, 1)
         self._write_watcher = loop.io(self._fd, 2)
         self._queue: deque = deque()  # [data, fds, callback-or-None]
@@ -140,7 +141,12 @@ class Channel:
         out = _handles.to_wire(handle) if handle is not None else None
         if out is None:
             data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
-            if not self._flush_scheduled and not self._queue and not self._write_watcher.active:
+            if (
+                not self._flush_scheduled
+                and not self._queue
+                and not self._write_watcher.active
+                and self._loop.iteration != self._written_in
+            ):
                 data = self._write_now(data, callback)
                 if data is None:
                     return True
@@ -202,16 +208,15 @@ class Channel:
     def _write_now(self, data: bytes, callback: Optional[Callback]) -> Any:
         """Write a message at once when nothing is queued (as libuv does).
 
-        Sends later in this turn of the loop queue up behind it and go out
-        together from the flush this schedules. Returns what is left to queue,
+        At most once per turn of the loop: later sends in the same turn queue
+        up and go out together from one flush. Returns what is left to queue,
         or None when the kernel took it all.
         """
+        self._written_in = self._loop.iteration
         try:
             sent = self._sock.send(data)
         except OSError:  # full (EAGAIN), or broken: the flush finds out which
             sent = 0
-        self._flush_scheduled = True
-        get_hub().loop.run_callback(self._scheduled_flush)
         if sent < len(data):
             return memoryview(data)[sent:] if sent else data
         if callback is not None:
