@@ -85,6 +85,7 @@ class Channel:
         self.max_size = max_size
         self._decoder = _wire.Decoder(max_size, _platform.close_quietly)
         loop = self._loop = get_hub().loop
+        self._counts_turns = hasattr(loop, "iteration")  # libev's loop does, libuv's not
         self._written_in = -1  # the loop iteration of the last _write_now
         self._read_watcher = loop.io(self._fd, 1)
         self._write_watcher = loop.io(self._fd, 2)
@@ -145,7 +146,7 @@ class Channel:
                 not self._flush_scheduled
                 and not self._queue
                 and not self._write_watcher.active
-                and self._loop.iteration != self._written_in
+                and (not self._counts_turns or self._loop.iteration != self._written_in)
             ):
                 data = self._write_now(data, callback)
                 if data is None:
@@ -212,7 +213,11 @@ class Channel:
         up and go out together from one flush. Returns what is left to queue,
         or None when the kernel took it all.
         """
-        self._written_in = self._loop.iteration
+        if self._counts_turns:
+            self._written_in = self._loop.iteration
+        else:  # a loop that does not count its turns (libuv): a flush ends this one
+            self._flush_scheduled = True
+            self._loop.run_callback(self._scheduled_flush)
         try:
             sent = self._sock.send(data)
         except OSError:  # full (EAGAIN), or broken: the flush finds out which
