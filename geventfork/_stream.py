@@ -106,23 +106,26 @@ class Socket(EventEmitter):
         #: The ``Server`` that accepted this socket, if any.
         self.server = server
         self.allow_half_open = allow_half_open
-        self.bytes_read = 0
-        self.bytes_written = 0
-        self.destroyed = False
         self._paused = paused
-        self._reader: Optional[gevent.Greenlet] = None
-        self._writer: Optional[gevent.Greenlet] = None
-        self._pending: deque = deque()  # [data, callback]
-        self._pending_bytes = 0
-        self._need_drain = False
-        self._ending = False
-        self._write_shut = False
-        self._read_eof = False
-        self._decoder: Any = None  # an incremental decoder, after set_encoding()
-        self._timeout: Any = None
-        self._idle = False
-        self._peer: Any = None
-        self._lingering: Any = None  # (io watcher, timer) while end() drains
+
+    # Per-socket state starts as these class-wide defaults: a hand-off makes
+    # a Socket on each side, and most of its state is never touched.
+    bytes_read = 0
+    bytes_written = 0
+    destroyed = False
+    _reader: Optional[gevent.Greenlet] = None
+    _writer: Optional[gevent.Greenlet] = None
+    _pending: Any = ()  # a deque of [data, callback] once a write had to wait
+    _pending_bytes = 0
+    _need_drain = False
+    _ending = False
+    _write_shut = False
+    _read_eof = False
+    _decoder: Any = None  # an incremental decoder, after set_encoding()
+    _timeout: Any = None
+    _idle = False
+    _peer: Any = None
+    _lingering: Any = None  # (io watcher, timer) while end() drains
 
     @property
     def socket(self) -> Any:
@@ -274,6 +277,8 @@ class Socket(EventEmitter):
                     gevent.spawn(callback, None)
                 return True
             data = memoryview(data)[sent:]
+        if not self._pending:
+            self._pending = deque()
         self._pending.append([data, callback])
         self._pending_bytes += len(data)
         if self._writer is None:

@@ -213,7 +213,7 @@ class Decoder:
         if available < HEADER.size:
             return self._starved(available)
         size, kind, codec, handle, flags, nfds, ident = _unpack_header(buf, pos)
-        if kind != MESSAGE or nfds or size > self.max_size:
+        if nfds or size > self.max_size or (kind != MESSAGE and (size or kind not in _KINDS)):
             self._check_header(buf, pos, size, kind, nfds, ident)
         start = pos + _HEADER_SIZE
         end = start + size
