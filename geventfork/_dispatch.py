@@ -3,10 +3,11 @@
 ``gevent.spawn`` per message costs about 20 us here, most of it in starting
 and tearing down a fresh greenlet. A ``Dispatcher`` keeps a few greenlets
 (runners) and lets the current runner call jobs back to back. A job that
-blocks keeps its runner: the next time the hub runs, it sees the runner is
-suspended inside a job and starts another runner on the jobs behind it. So
-jobs start in submission order and one that blocks never holds up the rest,
-as with a greenlet per job, at the cost of one callback per hub turn.
+blocks keeps its runner, and another runner takes on the jobs behind it:
+one submitted while the runner is suspended in a job is proof enough, and
+when jobs already wait behind a job, a callback checks on the next turn of
+the hub. So jobs start in submission order and one that blocks never holds
+up the rest, as with a greenlet per job.
 
 Like threads in a pool, runners are reused: a job must not count on a fresh
 ``gevent.local`` or on the identity of ``gevent.getcurrent()``.
@@ -42,6 +43,22 @@ class Dispatcher:
         self._jobs.append((fn, args))
         if self._runner is None:
             self._start_runner()
+        elif self._in_job:
+            if Greenlet.getcurrent() is not self._runner:
+                self._hand_over()  # we run, so the runner is suspended inside its job
+            elif not self._watching:
+                self._watch_soon()  # a job now waits behind the one running
+
+    def _watch_soon(self) -> None:
+        self._watching = True
+        self._hub.loop.run_callback(self._watch)
+
+    def _hand_over(self) -> None:
+        """The runner is suspended inside a job: another takes the queue on."""
+        self._in_job = False
+        self._runner = None
+        if self._jobs:
+            self._start_runner()
 
     def _start_runner(self) -> None:
         if self._idle:
@@ -56,10 +73,7 @@ class Dispatcher:
         """Hand the queue on if the runner is suspended inside a job (runs in the hub)."""
         self._watching = False
         if self._in_job:
-            self._in_job = False
-            self._runner = None
-            if self._jobs:
-                self._start_runner()
+            self._hand_over()
 
     def _run(self) -> None:
         me = Greenlet.getcurrent()
@@ -69,9 +83,8 @@ class Dispatcher:
                 while jobs and self._runner is me:
                     fn, args = jobs.popleft()
                     self._in_job = True
-                    if not self._watching:
-                        self._watching = True
-                        hub.loop.run_callback(self._watch)
+                    if jobs and not self._watching:
+                        self._watch_soon()  # should this job block, the rest go on
                     try:
                         fn(*args)
                     except GreenletExit:
@@ -113,6 +126,4 @@ def submit(fn: Callable, *args: Any) -> None:
         dispatcher = hub.geventfork_dispatcher
     except AttributeError:
         dispatcher = hub.geventfork_dispatcher = Dispatcher(hub)
-    dispatcher._jobs.append((fn, args))  # Dispatcher.submit, inlined: once per message
-    if dispatcher._runner is None:
-        dispatcher._start_runner()
+    dispatcher.submit(fn, args)

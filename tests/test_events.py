@@ -337,6 +337,47 @@ def test_a_blocking_listener_does_not_hold_up_later_ones(event: str, blocker: st
 
 
 @pytest.mark.parametrize("event", SPAWNED)
+def test_an_emit_while_a_listener_blocks_still_runs(event: str) -> None:
+    # Nothing waits behind the first listener when it blocks; the second
+    # emit comes later, from elsewhere.
+    emitter, gate, second_ran = EventEmitter(), Event(), Event()
+    started = Event()
+
+    def listener(n):
+        if n == 0:
+            started.set()
+            assert gate.wait(timeout=TIMEOUT), "the gate never opened"
+        else:
+            second_ran.set()
+
+    emitter.on(event, listener)
+    emitter.emit(event, 0)
+    assert started.wait(timeout=TIMEOUT)
+    emitter.emit(event, 1)
+    assert second_ran.wait(timeout=TIMEOUT), "a blocked listener held up a later emit"
+    gate.set()
+
+
+@pytest.mark.parametrize("event", SPAWNED)
+def test_a_listener_that_emits_and_then_blocks_does_not_hold_up_what_it_emitted(
+    event: str,
+) -> None:
+    emitter, gate, inner_ran = EventEmitter(), Event(), Event()
+
+    def listener(n):
+        if n == 0:
+            emitter.emit(event, 1)
+            assert gate.wait(timeout=TIMEOUT), "the gate never opened"
+        else:
+            inner_ran.set()
+
+    emitter.on(event, listener)
+    emitter.emit(event, 0)
+    assert inner_ran.wait(timeout=TIMEOUT), "the emitting listener held up its own emit"
+    gate.set()
+
+
+@pytest.mark.parametrize("event", SPAWNED)
 def test_a_blocking_listener_does_not_hold_up_another_listener_of_the_same_emit(
     event: str,
 ) -> None:
