@@ -142,49 +142,28 @@ class Channel:
         out = _handles.to_wire(handle) if handle is not None else None
         if out is None:
             data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
-            if (
-                not self._flush_scheduled
-                and not self._queue
-                and not self._write_watcher.active
-                and (not self._counts_turns or self._loop.iteration != self._written_in)
-            ):
-                data = self._write_now(data, callback)
-                if data is None:
-                    return True
-            self._queue.append([data, (), callback])
-            self._queued_bytes += len(data)
-            if not self._flush_scheduled:
-                self._schedule_flush()
-            elif self._queued_bytes >= WRITE_BATCH and not self._write_watcher.active:
-                self._flush()  # a long run of sends: let the peer start on them
+            fds: tuple = ()
+            # Later plain messages of this turn of the loop coalesce behind it.
+            now = not self._flush_scheduled and (
+                not self._counts_turns or self._loop.iteration != self._written_in
+            )
         else:
             self._next_ident = self._next_ident % 0xFFFFFFFF + 1
             ident = self._next_ident
             keep_open = bool(options and options.get("keep_open"))
             self._awaiting[ident] = _Pending(callback, out.release, keep_open)
+            callback = None  # called on the ACK instead
             data = _pack_header(
                 len(payload), _MESSAGE, self._codec.ident, out.code, out.flags, 1, ident
             ) + payload
-            if self._queue or self._write_watcher.active:
-                self._enqueue(data, (out.fd,), None)
-            else:
-                self._send_handle_now(data, out.fd)
+            fds = (out.fd,)
+            now = True  # its fd needs a sendmsg of its own anyway
+        if now and not self._queue and not self._write_watcher.active:
+            data, fds = self._write_now(data, fds, callback)
+            if not data:
+                return self._queued_bytes < HIGH_WATER_MARK
+        self._enqueue(data, fds, callback)
         return self._queued_bytes < HIGH_WATER_MARK
-
-    def _send_handle_now(self, data: bytes, fd: int) -> None:
-        """Send a message with a handle at once when nothing is queued.
-
-        Its fd needs a ``sendmsg`` of its own in any case; sent now, it
-        reaches the receiver a turn of the loop sooner.
-        """
-        try:
-            sent = self._sock.sendmsg([data], [(*_RIGHTS, array("i", (fd,)))])
-        except OSError:  # full (EAGAIN), or broken: the flush finds out which
-            sent = 0
-        if not sent:
-            self._enqueue(data, (fd,), None)
-        elif sent < len(data):
-            self._enqueue(memoryview(data)[sent:], (), None)  # the fd went with the first byte
 
     def disconnect(self) -> None:
         """Flush what is queued, then close; both ends get ``'disconnect'``."""
@@ -201,17 +180,19 @@ class Channel:
 
     # -- writing --------------------------------------------------------
 
-    def _enqueue(self, data: bytes, fds: tuple, callback: Optional[Callback]) -> None:
+    def _enqueue(self, data: Any, fds: tuple, callback: Optional[Callback]) -> None:
         self._queue.append([data, fds, callback])
         self._queued_bytes += len(data)
-        self._schedule_flush()
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        elif self._queued_bytes >= WRITE_BATCH and not self._write_watcher.active:
+            self._flush()  # a long run of sends: let the peer start on them
 
-    def _write_now(self, data: bytes, callback: Optional[Callback]) -> Any:
-        """Write a message at once when nothing is queued (as libuv does).
+    def _write_now(self, data: bytes, fds: tuple, callback: Optional[Callback]) -> tuple:
+        """Write a message at once, nothing being queued (as libuv does).
 
-        At most once per turn of the loop: later sends in the same turn queue
-        up and go out together from one flush. Returns what is left to queue,
-        or None when the kernel took it all.
+        Returns what is left to queue, ``(data, fds)``; ``data`` is empty
+        when the kernel took it all.
         """
         if self._counts_turns:
             self._written_in = self._loop.iteration
@@ -219,14 +200,19 @@ class Channel:
             self._flush_scheduled = True
             self._loop.run_callback(self._scheduled_flush)
         try:
-            sent = self._sock.send(data)
+            if fds:
+                sent = self._sock.sendmsg([data], [(*_RIGHTS, array("i", fds))])
+            else:
+                sent = self._sock.send(data)
         except OSError:  # full (EAGAIN), or broken: the flush finds out which
             sent = 0
+        if not sent:
+            return data, fds
         if sent < len(data):
-            return memoryview(data)[sent:] if sent else data
+            return memoryview(data)[sent:], ()  # the fds went with the first byte
         if callback is not None:
             self._finish([(callback, None)])
-        return None
+        return b"", ()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and not self._write_watcher.active:

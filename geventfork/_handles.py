@@ -15,7 +15,7 @@ from ._server import Server
 from ._stream import Socket
 from .errors import InvalidHandleTypeError
 
-__all__ = ["Outgoing", "to_wire", "from_wire", "close"]
+__all__ = ["Outgoing", "check", "to_wire", "from_wire", "close"]
 
 # Handle numbers on the wire (a frame's ``handle`` byte). Never reuse one.
 SOCKET = 1  # net.Socket
@@ -39,6 +39,19 @@ class Outgoing(NamedTuple):
     #: ``release(keep_open)``: the receiver acknowledged; close our copy unless
     #: ``keep_open``.
     release: Callable[[bool], None]
+
+
+def check(handle: Any) -> None:
+    """Raise ``InvalidHandleTypeError`` unless ``send()`` accepts ``handle``."""
+    if not isinstance(handle, (Socket, Server, _socket.socket, gsocket.socket)):
+        raise _invalid(handle)
+
+
+def _invalid(handle: Any) -> InvalidHandleTypeError:
+    return InvalidHandleTypeError(
+        "handle must be a net.Socket, a net.Server or a socket, "
+        f"not {type(handle).__name__}"
+    )
 
 
 def to_wire(handle: Any) -> Outgoing:
@@ -67,10 +80,7 @@ def to_wire(handle: Any) -> Outgoing:
         if fd < 0:
             raise InvalidHandleTypeError("cannot send a closed socket")
         return Outgoing(RAW, 0, fd, lambda keep_open: keep_open or handle.close())
-    raise InvalidHandleTypeError(
-        "handle must be a net.Socket, a net.Server or a socket, "
-        f"not {type(handle).__name__}"
-    )
+    raise _invalid(handle)
 
 
 def from_wire(code: int, flags: int, fd: int) -> Any:
@@ -104,11 +114,10 @@ def _stream_socket(flags: int, fd: int) -> Any:
     Told the family, CPython skips the two ``getsockopt`` calls it would make
     to find out: one hand-off in three is spent in system calls.
     """
-    if flags & TCP4:
-        return _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, fileno=fd)
-    if flags & TCP6:
-        return _socket.socket(_socket.AF_INET6, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, fileno=fd)
-    return _socket.socket(fileno=fd)
+    family = _socket.AF_INET if flags & TCP4 else _socket.AF_INET6 if flags & TCP6 else None
+    if family is None:
+        return _socket.socket(fileno=fd)
+    return _socket.socket(family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, fileno=fd)
 
 
 def close(handle: Any) -> None:

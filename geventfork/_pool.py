@@ -10,7 +10,6 @@ script and bounds how long a worker outlives its channel.
 """
 from __future__ import annotations
 
-import _socket
 import os
 import signal as _signal
 import sys
@@ -19,13 +18,12 @@ from collections import deque
 from typing import Any, Callable, Optional, Sequence
 
 import gevent
-from gevent import socket as gsocket
 from gevent.event import Event
 
 from . import _handles, _platform
 from ._stream import Socket
 from .child_process import ChildProcess, fork
-from .errors import ChannelClosedError, InvalidHandleTypeError
+from .errors import ChannelClosedError
 from .events import EventEmitter
 
 __all__ = ["Pool"]
@@ -47,21 +45,6 @@ SHUTDOWN_TIMEOUT = 10.0
 KILL_TIMEOUT = 5.0
 
 STRATEGIES = ("round_robin", "least_busy")
-
-def _stream_socket(handle: Socket) -> Any:
-    """The socket under ``handle``, without making it a gevent socket if it is not one."""
-    return handle._raw_socket
-
-
-def _check_handle(handle: Any) -> None:
-    """Raise at once for a handle no worker could be sent (``send`` queues)."""
-    from . import net
-
-    if handle is None or isinstance(handle, (net.Socket, net.Server, _socket.socket, gsocket.socket)):
-        return
-    raise InvalidHandleTypeError(
-        f"handle must be a net.Socket, a net.Server or a socket, not {type(handle).__name__}"
-    )
 
 
 def _let_go(handle: Any) -> None:
@@ -88,7 +71,7 @@ class _Job:
 
     def untouched(self) -> bool:
         """Whether no worker has read, written or shut the connection down."""
-        return _platform.tcp_progress(_stream_socket(self.handle)) == self.baseline
+        return _platform.tcp_progress(self.handle._raw_socket) == self.baseline
 
 
 class _Worker:
@@ -198,10 +181,11 @@ class Pool(EventEmitter):
             SerializationError: ``message`` cannot be serialised (raised
                 when a worker is connected, else passed to the callback).
         """
-        _check_handle(handle)
+        if handle is not None:
+            _handles.check(handle)
         job = _Job(message, handle, options, callback)
         if isinstance(handle, Socket) and not (options and options.get("keep_open")):
-            progress = _platform.tcp_progress(_stream_socket(handle))
+            progress = _platform.tcp_progress(handle._raw_socket)
             if progress is not None and not progress[0]:
                 job.baseline = progress
         return self._dispatch(job)

@@ -71,8 +71,8 @@ class Process(ChannelOwner):
     def _channel_message(self, message: Any, handle: Any) -> None:
         if self._held is not None and not self._listeners.get("message"):
             self._held.append((message, handle))  # Node holds these too
-        elif not self.emit("message", message, handle) and handle is not None:
-            _handles.close(handle)  # nobody will take it: never leak it
+        else:
+            super()._channel_message(message, handle)
 
     def _listeners_changed(self, event: str) -> None:
         if event not in ("message", "disconnect") or self.channel is None:

@@ -99,9 +99,9 @@ class Socket(EventEmitter):
         allow_half_open: bool = False,
     ) -> None:
         super().__init__()
-        # A gevent socket, or the accepted ``_socket.socket`` until ``socket``
-        # is first asked for: a connection that is only handed on never
-        # needs the gevent one.
+        # A gevent socket; or, until ``socket`` is first asked for, a plain
+        # ``_socket.socket`` (received) or an ``Accepted`` fd: a connection
+        # that is only handed on never needs the gevent one.
         self._sock = sock
         #: The ``Server`` that accepted this socket, if any.
         self.server = server
@@ -130,10 +130,8 @@ class Socket(EventEmitter):
     @property
     def socket(self) -> Any:
         """The underlying gevent socket (``recv``, ``sendall``, ``makefile``)."""
-        if isinstance(self._sock, Accepted):
-            self._sock = self._sock.to_socket()
-        if isinstance(self._sock, _socket.socket):
-            self._sock = _gevent_socket(self._sock)
+        if not isinstance(self._sock, gsocket.socket):
+            self._sock = _gevent_socket(self._raw_socket)
         return self._sock
 
     @property

@@ -210,7 +210,7 @@ class Decoder:
             raise self._error.with_traceback(None)
         buf, pos = self._buf, self._pos
         available = len(buf) - pos
-        if available < HEADER.size:
+        if available < _HEADER_SIZE:
             return self._starved(available)
         size, kind, codec, handle, flags, nfds, ident = _unpack_header(buf, pos)
         if nfds or size > self.max_size or (kind != MESSAGE and (size or kind not in _KINDS)):

@@ -92,9 +92,6 @@ class EventEmitter:
                 self._unhandled_error(args[0] if args else None)
             return False
         if event in self._spawned_events:
-            if len(listeners) == 1 and not hasattr(listeners[0], "listener"):
-                submit(listeners[0], *args)  # the common case, one plain listener
-                return True
             for fn in tuple(listeners):
                 if hasattr(fn, "listener"):
                     # A once() wrapper removes itself only when its greenlet
