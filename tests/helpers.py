@@ -24,6 +24,21 @@ def wait_until(predicate, what, timeout=TIMEOUT):
             gevent.sleep(0.001)
 
 
+def read_to_eof(sock, timeout=TIMEOUT):
+    """Everything ``sock`` receives until the peer's EOF.
+
+    Fails after ``timeout`` seconds in all; with None, only the socket's own
+    timeout bounds each read.
+    """
+    chunks = []
+    with gevent.Timeout(timeout, AssertionError(f"no EOF within {timeout} s")):
+        while True:
+            chunk = sock.recv(256 * KiB)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
 def inbox(emitter):
     """A queue that gets every message ``emitter`` receives."""
     queue = Queue()

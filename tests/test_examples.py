@@ -18,7 +18,7 @@ from collections import Counter
 import gevent
 import pytest
 
-from helpers import TIMEOUT, python_env
+from helpers import TIMEOUT, python_env, read_to_eof
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -74,12 +74,7 @@ def ask(port, request, source="127.0.0.1"):
         sock.bind((source, 0))
         sock.connect(("127.0.0.1", port))
         sock.sendall(request)
-        reply = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return reply
-            reply += chunk
+        return read_to_eof(sock, timeout=None)
 
 
 def drive(port, requests):

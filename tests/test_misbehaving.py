@@ -20,7 +20,7 @@ import pytest
 
 from geventfork import net
 from geventfork._stream import END_LINGER
-from helpers import TIMEOUT, KiB, MiB
+from helpers import TIMEOUT, KiB, MiB, read_to_eof
 
 #: Misbehaving clients per test, all at once.
 BAD_CLIENTS = 10
@@ -54,16 +54,6 @@ def reset(sock):
     """Close ``sock`` with a reset (RST), not a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def read_to_eof(sock):
-    data = b""
-    with gevent.Timeout(TIMEOUT, AssertionError(f"no EOF after {len(data)} bytes")):
-        while True:
-            chunk = sock.recv(256 * KiB)
-            if not chunk:
-                return data
-            data += chunk
 
 
 def fd_table(pid):

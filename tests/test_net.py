@@ -14,7 +14,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import net
-from helpers import TIMEOUT, wait_until
+from helpers import TIMEOUT, read_to_eof, wait_until
 
 
 # -- helpers ------------------------------------------------------------------
@@ -67,17 +67,6 @@ def connect():
 def accepted(server):
     """The next socket ``server`` accepted."""
     return server.accepted.get(timeout=TIMEOUT)
-
-
-def read_to_eof(sock):
-    """Everything ``sock`` receives until the peer's EOF."""
-    data = b""
-    with gevent.Timeout(TIMEOUT, AssertionError(f"no EOF after {data!r}")):
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
 
 
 def reset(sock):

@@ -24,6 +24,7 @@ from helpers import (
     kill_quietly,
     next_event,
     python_env,
+    read_to_eof,
     wait_gone,
     wait_until,
 )
@@ -63,16 +64,7 @@ def ask(port, request=b"hello\n"):
     """Connect, send ``request``, return everything up to EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(request)
-        return read_rest(sock)
-
-
-def read_rest(sock):
-    reply = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return reply
-        reply += chunk
+        return read_to_eof(sock, timeout=None)
 
 
 def replies(pool):
@@ -248,9 +240,9 @@ def test_sigterm_finishes_the_connections_in_flight(popen, orphans):
     proc.send_signal(signal.SIGTERM)
     for sock in slow:
         with sock:
-            assert read_rest(sock) == b"done\n"
+            assert read_to_eof(sock, timeout=None) == b"done\n"
     with hung:  # ended when its worker was killed, after close_timeout
-        assert read_rest(hung) == b""
+        assert read_to_eof(hung, timeout=None) == b""
     assert proc.wait(timeout=close_timeout + TIMEOUT) == 0
     exits = json.loads(proc.stdout.readline())["exits"]
     assert sorted(pid for pid, _, _ in exits) == sorted(hello["workers"])  # reaped
@@ -266,4 +258,4 @@ def test_sigkill_leaves_no_worker_running(popen, orphans):
         assert proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
         for pid in hello["workers"]:
             assert wait_gone(pid, timeout=close_timeout + TIMEOUT), f"worker {pid} outlived its parent"
-        assert read_rest(hung) == b""  # ended when its worker gave up
+        assert read_to_eof(hung, timeout=None) == b""  # ended when its worker gave up
