@@ -41,9 +41,170 @@ def _raw(sock: Any) -> Any:
     return getattr(sock, "_sock", sock)
 
 
-def _gevent_socket(raw: Any) -> Any:
-    """A gevent socket that takes over ``raw``'s fd."""
-    return gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+class _Lifetime:
+    """What happens once, when this process is done with a connection.
+
+    Shared by a ``Socket`` and the gevent socket it hands out as ``socket``,
+    so that whichever finishes first (``destroy()``, the gevent socket's
+    close, the garbage collector) counts the connection out of its server
+    and calls ``on_done``. It refers to neither of them, so holding it keeps
+    neither alive.
+    """
+
+    __slots__ = ("server", "on_done", "shared")
+
+    def __init__(self, server: Any, on_done: Optional[Callable[[], Any]], shared: bool) -> None:
+        self.server = server
+        self.on_done = on_done
+        #: Sent to another process with ``keep_open``: the connection is
+        #: shared, so it is closed here, never shut down.
+        self.shared = shared
+
+    def __call__(self) -> None:
+        """Run once (later calls do nothing); never raises."""
+        server, on_done = self.server, self.on_done
+        self.server = self.on_done = None
+        if server is not None:
+            try:
+                server._connection_closed()
+            except Exception:
+                log.exception("counting a connection out of its server failed")
+        if on_done is not None:
+            try:
+                on_done()
+            except Exception:
+                log.exception("a net.Socket's on_done callback raised")
+
+
+# The class gevent makes the plain socket under its own of: subclasses may
+# name another (it must derive from this one), on gevent 24 to 26 alike.
+_PlainSocket: Any = gsocket.socket._gevent_sock_class
+
+
+class _Fd(_PlainSocket):
+    """The plain socket under a ``_ConnectionSocket``: it reports its close.
+
+    Hooked here rather than only on the gevent socket because code that
+    serves a gevent socket may close the plain one under it directly:
+    ``gevent.pywsgi`` does, and then never closes the gevent socket itself.
+    """
+
+    __slots__ = ("_lifetime",)
+
+    def close(self) -> None:
+        super().close()
+        _finish(self)
+
+    def detach(self) -> int:
+        fd: int = super().detach()
+        _finish(self)
+        return fd
+
+
+def _finish(raw: Any) -> None:
+    """Run ``raw``'s ``_Lifetime``, once (if ``raw`` is an ``_Fd``: gevent's
+    closed-socket proxy raises on any attribute)."""
+    lifetime = getattr(raw, "_lifetime", None) if isinstance(raw, _Fd) else None
+    if lifetime is not None:
+        raw._lifetime = None
+        lifetime()
+
+
+class _ConnectionSocket(gsocket.socket):
+    """The gevent socket a ``Socket`` hands out: it reports when it is done.
+
+    Closing it (once no ``makefile()`` object holds it, as for any socket),
+    detaching it, closing the plain socket under it, or its being collected
+    unclosed runs its ``_Lifetime`` (kept by that plain socket). Collected
+    unclosed, it is closed gracefully, as ``end()`` would.
+    """
+
+    __slots__ = ()
+    _gevent_sock_class = _Fd
+
+    def _real_close(self, *args: Any) -> None:
+        raw = self._sock
+        super()._real_close(*args)
+        # gevent may close ``raw`` itself on the loop's next turn only:
+        # report now, so that a Pool closes its copy of the connection now.
+        _finish(raw)
+
+    def __del__(self) -> None:
+        raw = getattr(self, "_sock", None)
+        # Closed already (gevent's closed proxy raises on any attribute), or
+        # not ours (a dup()): the usual finalizer will do.
+        if not isinstance(raw, _Fd) or getattr(self, "_closed", True):
+            return
+        lifetime = getattr(raw, "_lifetime", None)
+        if lifetime is None or raw.fileno() < 0:
+            return
+        raw._lifetime = None
+        _close_later(raw, not lifetime.shared, lifetime)
+
+
+def _gevent_socket(raw: Any, lifetime: _Lifetime) -> _ConnectionSocket:
+    """A gevent socket that takes over ``raw``'s fd and runs ``lifetime`` when done."""
+    sock = _ConnectionSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+    sock._sock._lifetime = lifetime
+    return sock
+
+
+def _close_later(raw: Any, graceful: bool, lifetime: Optional[_Lifetime]) -> None:
+    """Close ``raw`` (a plain socket nobody else holds) on the hub's next turn.
+
+    For the garbage collector's paths: they may run in the middle of any
+    code, so nothing is done here but scheduling.
+    """
+    try:
+        gevent.get_hub().loop.run_callback(_linger_close, raw, graceful, lifetime)
+    except Exception:  # no usable hub (interpreter shutdown): just close
+        raw.close()
+
+
+def _linger_close(raw: Any, graceful: bool, lifetime: Optional[_Lifetime]) -> None:
+    """Close ``raw`` as ``end()`` would, with loop watchers that hold no ``Socket``.
+
+    Gracefully: shut the write side down (the peer gets EOF at once), read
+    and drop what the peer sends until it closes or ``END_LINGER`` passes,
+    then close; so closing never turns into a reset. Runs in the hub.
+    """
+    if graceful:
+        try:
+            raw.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError:
+            graceful = False  # not connected any more: nothing to linger for
+    if lifetime is not None:
+        lifetime()
+    if not graceful:
+        raw.close()
+        return
+    loop = gevent.get_hub().loop
+    watchers = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
+
+    def finish() -> None:
+        for watcher in watchers:
+            watcher.stop()
+            watcher.close()
+        raw.close()
+
+    def drain() -> None:
+        if _drained(raw):
+            finish()
+
+    watchers[1].start(finish)
+    watchers[0].start(drain)
+
+
+def _drained(raw: Any) -> bool:
+    """Read and drop what ``raw`` has; True once the peer closed (or failed)."""
+    try:
+        while raw.recv(READ_SIZE, _DONTWAIT):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 class Accepted:
@@ -97,7 +258,27 @@ class Socket(EventEmitter):
         server: Optional[Server] = None,
         paused: bool = False,
         allow_half_open: bool = False,
+        on_done: Optional[Callable[[], Any]] = None,
     ) -> None:
+        """Wrap a connected socket.
+
+        Args:
+            sock: a gevent socket; or a plain ``_socket.socket`` or an
+                ``Accepted``, which the ``Socket`` then owns.
+            server: the ``Server`` that accepted it; it counts the
+                connection until this process is done with it.
+            paused: whether reading waits for ``resume()``.
+            allow_half_open: whether the peer's EOF leaves our side open.
+            on_done: called once, with no arguments, when this process is
+                done with the connection: destroyed (``end()`` included),
+                sent on and acknowledged, its ``socket`` closed or detached,
+                or collected unclosed. Never in the middle of the garbage
+                collector: then on the hub's next turn. It must not block;
+                what it raises is logged.
+
+        Raises:
+            TypeError: ``on_done`` is not callable.
+        """
         super().__init__()
         # A gevent socket; or, until ``socket`` is first asked for, a plain
         # ``_socket.socket`` (received) or an ``Accepted`` fd: a connection
@@ -107,9 +288,14 @@ class Socket(EventEmitter):
         self.server = server
         self.allow_half_open = allow_half_open
         self._paused = paused
+        if on_done is not None and not callable(on_done):
+            raise TypeError(f"on_done must be callable, not {type(on_done).__name__}")
+        if server is not None or on_done is not None:
+            self._done = _Lifetime(server, on_done, False)
 
     # Per-socket state starts as these class-wide defaults: a hand-off makes
     # a Socket on each side, and most of its state is never touched.
+    _sock: Any = None
     bytes_read = 0
     bytes_written = 0
     destroyed = False
@@ -124,20 +310,34 @@ class Socket(EventEmitter):
     _decoder: Any = None  # an incremental decoder, after set_encoding()
     _timeout: Any = None
     _idle = False
-    _peer: Any = None
+    _peer: Any = None  # (host, port) once known
     _lingering: Any = None  # (io watcher, timer) while end() drains
+    _done: Optional[_Lifetime] = None  # server count and on_done, if either
+    _in_flight = False  # handed to a channel, not yet acknowledged or returned
+    _sent = False  # acknowledged with keep_open: another process has it too
 
     @property
     def socket(self) -> Any:
-        """The underlying gevent socket (``recv``, ``sendall``, ``makefile``)."""
+        """The underlying gevent socket (``recv``, ``sendall``, ``makefile``).
+
+        Closing it (or detaching it) ends this process's part in the
+        connection, as ``destroy()`` does, without ``'close'``.
+        """
         if not isinstance(self._sock, gsocket.socket):
-            self._sock = _gevent_socket(self._raw_socket)
+            self._sock = _gevent_socket(self._raw_socket, self._lifetime())
         return self._sock
+
+    def _lifetime(self) -> _Lifetime:
+        if self._done is None:
+            self._done = _Lifetime(None, None, self._sent)
+        return self._done
 
     @property
     def _raw_socket(self) -> Any:
         """The plain socket under this one; calls that must not wait pass ``MSG_DONTWAIT``."""
         if isinstance(self._sock, Accepted):
+            if self._peer is None:
+                self._peer = _address(self._sock.peer)  # accept told us: keep it
             self._sock = self._sock.to_socket()
         return _raw(self._sock)
 
@@ -169,12 +369,27 @@ class Socket(EventEmitter):
         return self._sockname()[1]
 
     def _peername(self) -> tuple:
+        """(host, port) of the peer, remembered once known.
+
+        An accepted socket knows it from ``accept``; a received one asks the
+        kernel the first time, which fails once the peer has reset the
+        connection: so it is asked as soon as the socket is used here.
+        """
         if self._peer is None:
             try:
                 self._peer = _address(self._sock.getpeername())
             except OSError:
                 return (None, None)
         return self._peer
+
+    def _peer_label(self) -> str:
+        """``host:port`` (``[host]:port`` for IPv6), or ``unknown peer``."""
+        host, port = self._peername()
+        if host is None:
+            return "unknown peer"
+        if port is None:
+            return str(host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _sockname(self) -> tuple:
         try:
@@ -215,6 +430,7 @@ class Socket(EventEmitter):
 
     def _start_reading(self) -> None:
         if self._reader is None and not self.destroyed and not self._read_eof:
+            self._peername()  # while the kernel still knows it (see _peername)
             self._reader = gevent.spawn(self._read_loop)
 
     def _read_loop(self) -> None:
@@ -280,6 +496,7 @@ class Socket(EventEmitter):
         self._pending.append([data, callback])
         self._pending_bytes += len(data)
         if self._writer is None:
+            self._peername()  # while the kernel still knows it (see _peername)
             self._writer = gevent.spawn(self._write_loop)
         if self._pending_bytes < HIGH_WATER_MARK:
             return True
@@ -355,20 +572,17 @@ class Socket(EventEmitter):
         self._paused = True
         loop = gevent.get_hub().loop
         raw = self._raw_socket
+        if raw.fileno() < 0:  # its ``socket`` was closed: nothing to drain
+            self._lingered()
+            return
         self._lingering = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
         self._lingering[1].start(self._lingered)
         self._lingering[0].start(self._drain, raw)
 
     def _drain(self, raw: Any) -> None:
         """The socket is readable while lingering (runs in the hub)."""
-        try:
-            while raw.recv(READ_SIZE, _DONTWAIT):
-                pass
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        self._lingered()
+        if _drained(raw):
+            self._lingered()
 
     def _lingered(self) -> None:
         self._stop_lingering()
@@ -387,7 +601,11 @@ class Socket(EventEmitter):
     # -- closing ----------------------------------------------------------
 
     def destroy(self, error: Optional[BaseException] = None) -> None:
-        """Close at once; ``'close'(had_error)`` follows."""
+        """Close at once; ``'close'(had_error)`` follows.
+
+        A socket being sent (not yet acknowledged) keeps its fd until the
+        hand-off is settled: the channel still has to send it.
+        """
         if self.destroyed:
             return
         self.destroyed = True
@@ -396,20 +614,55 @@ class Socket(EventEmitter):
         for greenlet in (self._reader, self._writer):
             if greenlet is not None and greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)
-        self._sock.close()
-        if self.server is not None:
-            self.server._connection_closed()
+        if not self._in_flight:
+            self._close()
         if error is not None:
             self.emit("error", error)
         self.emit("close", error is not None)
 
+    def _close(self) -> None:
+        """Close our fd; this process is done with the connection."""
+        self._sock.close()
+        if self._done is not None:
+            self._done()
+
+    def __del__(self) -> None:
+        """Collected while still open: close the connection, gracefully.
+
+        Once ``socket`` was handed out, that gevent socket does this when it
+        is collected (or closed) itself.
+        """
+        sock = self._sock
+        if sock is None or self.destroyed or isinstance(sock, gsocket.socket):
+            return
+        if isinstance(sock, Accepted):
+            if sock.fd < 0:
+                return
+            sock = sock.to_socket()
+        elif sock.fileno() < 0:
+            return
+        _close_later(sock, not self._sent, self._done)
+
+    def _abandoned(self) -> None:
+        """A listener this socket was given raised: end it if it is still ours.
+
+        Not if it was destroyed, or sent (in flight, or acknowledged with
+        ``keep_open``: another process has the connection).
+        """
+        if self.destroyed or self._in_flight or self._sent:
+            return
+        if self._raw_socket.fileno() < 0:  # its ``socket`` was closed already
+            self.destroy()
+        else:
+            self.end()
+
     def _fail(self, exc: BaseException) -> None:
         if not self.destroyed:
+            self._peername()  # a last chance, for the report
             self.destroy(exc)
 
     def _unhandled_error(self, err: Any) -> None:
-        log.warning("socket error with no 'error' listener (%s:%s): %r",
-                    *self._peername(), err)
+        log.warning("socket error with no 'error' listener (%s): %r", self._peer_label(), err)
         if not self.destroyed:  # emitted by hand, not by destroy(err)
             self.destroy()
 
@@ -454,25 +707,54 @@ class Socket(EventEmitter):
     # -- sending to another process ----------------------------------------
 
     def _handoff(self) -> int:
-        """Stop using the socket here so it can be sent; return its fd."""
+        """Stop using the socket here so that it can be sent; return its fd.
+
+        The socket is in flight until ``_release`` or ``_returned``.
+
+        Raises:
+            InvalidHandleTypeError: destroyed, or its ``socket`` closed.
+            ValueError: already in flight (sent, not yet acknowledged).
+        """
         if self.destroyed:
             raise InvalidHandleTypeError("cannot send a destroyed socket")
+        if self._in_flight:
+            raise ValueError(
+                "this net.Socket is already being sent (not yet acknowledged); "
+                "wait for the first send's callback"
+            )
+        fd: int = self._sock.fileno()
+        if fd < 0:
+            raise InvalidHandleTypeError("cannot send a closed socket")
         if self._reader is not None:
             self._reader.kill()
             self._reader = None
         self._stop_timer()
+        self._in_flight = True
         if self.server is not None:
             self.server._handed_off = True
-        return self._sock.fileno()
+        return fd
 
     def _release(self, keep_open: bool) -> None:
         """The receiver has the socket: close our copy (without a FIN) unless ``keep_open``."""
-        if keep_open or self.destroyed:
+        self._in_flight = False
+        if keep_open and not self.destroyed:
+            self._sent = True
+            if self._done is not None:
+                self._done.shared = True
             return
         self.destroyed = True
-        self._sock.close()
-        if self.server is not None:
-            self.server._connection_closed()
+        self._close()
+
+    def _returned(self) -> None:
+        """The hand-off failed (NACK, channel closed, send error): the socket is ours again.
+
+        Its paused state is kept and its reader not restarted, so it can be
+        sent again with every unread byte still in the kernel. Destroyed
+        while in flight, it is closed now.
+        """
+        self._in_flight = False
+        if self.destroyed:
+            self._close()
 
     def __repr__(self) -> str:
         state = "destroyed" if self.destroyed else "paused" if self._paused else "open"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
-from ._dispatch import submit
+from ._dispatch import submit_listener
 
 __all__ = ["EventEmitter"]
 
@@ -23,6 +23,12 @@ class EventEmitter:
     order, in the emitting greenlet.
 
     An ``'error'`` emitted with no listener raises it, as in Node.
+
+    A spawned listener that raises is reported (with its traceback) by the
+    hub, and ``_listener_failed`` is called first: by default it ends each
+    ``net.Socket`` among the event's arguments that is still this process's
+    own, so a connection whose handler failed is closed gracefully at once
+    instead of waiting for the garbage collector.
     """
 
     _spawned_events: frozenset = frozenset(("message", "connection"))
@@ -92,13 +98,14 @@ class EventEmitter:
                 self._unhandled_error(args[0] if args else None)
             return False
         if event in self._spawned_events:
-            for fn in tuple(listeners):
+            listeners = tuple(listeners)
+            for fn in listeners:
                 if hasattr(fn, "listener"):
                     # A once() wrapper removes itself only when its greenlet
                     # runs; remove it now, as Node does at emit time, or a
                     # second emit before then would run it (and count it) again.
                     self.off(event, fn)
-                submit(fn, *args)
+            submit_listener(self, event, listeners, args)
         else:
             for fn in tuple(listeners):
                 fn(*args)
@@ -112,3 +119,22 @@ class EventEmitter:
 
     def _listeners_changed(self, event: str) -> None:
         """Hook: ``event`` gained or lost a listener."""
+
+    def _listener_failed(self, event: str, args: tuple, exc: BaseException) -> None:
+        """Hook: a listener of a spawned ``event`` raised ``exc``.
+
+        Runs in the listener's greenlet, before the hub reports ``exc``. The
+        default ends every argument that can be abandoned (a ``net.Socket``
+        not sent on nor destroyed: see ``Socket._abandoned``), so no
+        connection is left without an owner.
+
+        Args:
+            event: the event, e.g. ``'connection'`` or ``'message'``.
+            args: the arguments the listener was called with.
+            exc: what it raised.
+        """
+        for arg in args:
+            # Looked up on the type: an argument's own __getattr__ never runs.
+            abandoned = getattr(type(arg), "_abandoned", None)
+            if abandoned is not None:
+                abandoned(arg)
