@@ -266,12 +266,46 @@ def test_messages_go_both_ways(pair, codec: Codec, message: Any) -> None:
     assert a.message() == message
 
 
-def test_each_frame_is_decoded_with_the_codec_that_encoded_it(pair) -> None:
+def test_a_frame_in_another_codec_is_a_protocol_error_that_closes(pair) -> None:
+    """A channel decodes only its own codec, whatever a frame's codec byte says."""
     a, b = pair(JSON, b_codec=PICKLE)
-    a.ch.send({"from": "json"})
     b.ch.send(("from", b"pickle"))
-    assert b.message() == {"from": "json"}
-    assert a.message() == ("from", b"pickle")
+    err = a.error()
+    assert isinstance(err, ProtocolError)
+    assert "codec 2 (pickle)" in str(err) and "speaks json" in str(err), err
+    a.wait_closed()
+    b.wait_closed()
+
+
+@pytest.mark.parametrize("codec", [0, 77])
+def test_a_frame_in_an_unknown_codec_closes_the_channel(raw_pair, codec: int) -> None:
+    end, peer = raw_pair(JSON)
+    peer.send(_wire.encode(_wire.Frame(_wire.MESSAGE, b"1", codec=codec))[0])
+    err = end.error()
+    assert isinstance(err, ProtocolError) and f"codec {codec} (unknown)" in str(err)
+    end.wait_closed()
+
+
+def test_a_pickle_frame_on_a_json_channel_runs_no_code(raw_pair, tmp_path) -> None:
+    """A peer cannot make a JSON channel unpickle: the pickle's code never runs."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    end, peer = raw_pair(JSON)
+    payload = pickle.dumps(Exploit())
+    peer.send(_wire.encode(_wire.Frame(_wire.MESSAGE, payload, codec=PICKLE.ident))[0])
+    err = end.error()
+    assert isinstance(err, ProtocolError) and "pickle" in str(err)
+    assert err.data.startswith(payload[:16])
+    end.wait_closed()
+    gevent.sleep(0.1)
+    assert not marker.exists(), "the peer's pickle ran code"
+    assert end.messages.empty()
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -380,14 +414,15 @@ def test_queued_messages_fail_when_the_peer_closes(raw_pair, peer_reads_first: b
 
 
 @pytest.mark.parametrize("with_callback", [True, False])
-def test_send_after_close_fails(pair, with_callback: bool) -> None:
+def test_send_after_close_raises_at_once(pair, with_callback: bool) -> None:
+    """A channel known to be closed refuses a send at once, whatever its callback."""
     a, _ = pair()
     a.ch.close()
     cbs = Callbacks()
-    assert a.ch.send("late", callback=cbs.new("late") if with_callback else None) is False
-    # Without a callback the error goes to the owner ('error' in Node).
-    err = cbs.wait("late") if with_callback else a.error()
-    assert isinstance(err, ChannelClosedError)
+    with pytest.raises(ChannelClosedError):
+        a.ch.send("late", callback=cbs.new("late") if with_callback else None)
+    gevent.sleep(0.05)
+    assert cbs.calls.get("late", []) == [] and a.errors.empty()
 
 
 def test_close_fails_unacknowledged_handles(raw_pair, opened) -> None:
@@ -875,11 +910,12 @@ def test_eof_between_frames_is_a_clean_close(raw_pair) -> None:
     "payload, codec",
     [
         pytest.param(b"{not json", JSON.ident, id="bad-json"),
-        pytest.param(b"garbage", PICKLE.ident, id="bad-pickle"),
-        pytest.param(b"1", 77, id="unknown-codec"),
+        pytest.param(b"\xff\xfe", JSON.ident, id="bad-utf8"),
     ],
 )
 def test_undecodable_message_is_reported_and_skipped(raw_pair, payload: bytes, codec: int) -> None:
+    # (A frame in another codec closes the channel instead: see
+    # test_a_frame_in_another_codec_is_a_protocol_error_that_closes.)
     # The frame itself was sound: only that message is lost, not the channel.
     a, peer = raw_pair()
     peer.send(_header(size=len(payload), codec=codec) + payload)
