@@ -13,16 +13,25 @@ A frame is a fixed 14-byte header followed by ``size`` bytes of payload::
 
 Rules that govern changes to the format:
 
-* ``kind`` is MESSAGE, ACK or NACK. ACK and NACK carry no payload and no
-  fds; their ``ident`` names the MESSAGE they answer.
+* ``kind`` is MESSAGE, ACK, NACK or DONE. ACK, NACK and DONE carry no
+  payload and no fds; their ``ident`` names the MESSAGE they answer.
 * A MESSAGE with ``nfds > 0`` has a non-zero ``ident`` and must be answered
   by exactly one ACK (the handle is in the receiver's hands) or NACK (its
-  fds were lost, ``MSG_CTRUNC``: the sender still owns the handle).
+  fds were lost, ``MSG_CTRUNC``: the sender still owns the handle). A
+  MESSAGE without fds but with a non-zero ``ident`` asks for an ACK too
+  (sent on receipt, before the message is handled).
+* DONE follows the ACK of a MESSAGE whose handle the sender asked to hear
+  about (a flag of the handle's, meaningless here): the receiver is done with
+  the handle, and the sender may close its own copy.
 * The sender attaches a frame's fds to the ``sendmsg`` whose data begins
   with that frame's first byte, and to no other. On Linux a read stops after
   the chunk carrying fds, so each fd belongs to the frame whose first byte
   arrived in the same read (Node relies on the same: SCM_RIGHTS messages are
-  not coalesced). A batch of fds claimed by no frame is a protocol error.
+  not coalesced). fds that arrive with a read that does not begin a frame,
+  or more fds than the frame announces, are closed at once and are a
+  protocol error, so a peer can make the receiver hold no more fds than the
+  one unfinished frame it announced. A batch of fds claimed by no frame is a
+  protocol error.
 * EOF between frames is a clean close; EOF inside a frame is a protocol
   error. Every fd the decoder was given and no frame claimed is closed.
 * New kinds, codecs and handle types get new numbers; numbers are never
@@ -41,6 +50,7 @@ __all__ = [
     "MESSAGE",
     "ACK",
     "NACK",
+    "DONE",
     "HEADER",
     "MAX_FDS",
     "MAX_FRAME_SIZE",
@@ -55,7 +65,8 @@ __all__ = [
 MESSAGE = 1
 ACK = 2
 NACK = 3
-_KINDS = (MESSAGE, ACK, NACK)
+DONE = 4
+_KINDS = (MESSAGE, ACK, NACK, DONE)
 
 HEADER = struct.Struct("!IBBBBHI")
 _unpack_header = HEADER.unpack_from
@@ -121,7 +132,7 @@ def encode(frame: Frame) -> tuple:
     if frame.kind not in _KINDS:
         raise ValueError(f"unknown frame kind {frame.kind}")
     if frame.kind != MESSAGE and (frame.payload or nfds):
-        raise ValueError("ACK and NACK frames carry no payload and no fds")
+        raise ValueError("ACK, NACK and DONE frames carry no payload and no fds")
     if nfds and not frame.ident:
         raise ValueError("a MESSAGE with fds needs a non-zero ident")
     try:
@@ -135,7 +146,7 @@ def encode(frame: Frame) -> tuple:
 
 
 def encode_ack(ident: int, kind: int = ACK) -> bytes:
-    """The bytes of an ACK (or NACK) frame answering MESSAGE ``ident``."""
+    """The bytes of an ACK (or NACK, or DONE) frame answering MESSAGE ``ident``."""
     return HEADER.pack(0, kind, 0, 0, 0, 0, ident)
 
 
@@ -187,8 +198,31 @@ class Decoder:
             if not data:
                 self._close_all(fds)
                 self._fail("fds arrived with no bytes", b"")
+            if fds:
+                self._check_fds(data, fds)
             self._batches.append(_FdBatch(start, start + len(data), list(fds), truncated))
         self._buf += data
+
+    def _check_fds(self, data: bytes, fds: Sequence[int]) -> None:
+        """Fail, closing ``fds``, unless a frame begins in the read they came with.
+
+        Checked as the fds arrive, not when their frame is complete: a peer
+        that never finishes a frame must not make us hold fds meanwhile.
+        """
+        buf, offset = self._buf, self._pos
+        while offset < len(buf):  # to the first frame boundary at or after this read
+            head = bytes(buf[offset : offset + _HEADER_SIZE])
+            if len(head) < _HEADER_SIZE:
+                head += bytes(data[: _HEADER_SIZE - len(head)])
+                if len(head) < _HEADER_SIZE:
+                    break  # where this frame ends is not known yet: past this read
+            size = _unpack_header(head)[0]
+            if size > self.max_size:
+                return  # next_event() fails on this header, and closes every fd
+            offset += _HEADER_SIZE + size
+        if not len(buf) <= offset < len(buf) + len(data):
+            self._close_all(fds)
+            self._fail("fds arrived in the middle of a frame", bytes(data[:64]))
 
     def receive_eof(self) -> None:
         """The peer closed its end; ``next_event`` will say whether cleanly."""
