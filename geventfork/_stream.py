@@ -64,16 +64,21 @@ class _Lifetime:
         """Run once (later calls do nothing); never raises."""
         server, on_done = self.server, self.on_done
         self.server = self.on_done = None
-        if server is not None:
-            try:
-                server._connection_closed()
-            except Exception:
-                log.exception("counting a connection out of its server failed")
-        if on_done is not None:
-            try:
-                on_done()
-            except Exception:
-                log.exception("a net.Socket's on_done callback raised")
+        _report_done(server, on_done)
+
+
+def _report_done(server: Any, on_done: Optional[Callable[[], Any]]) -> None:
+    """Count a connection out of ``server`` and call ``on_done`` (either may be None)."""
+    if server is not None:
+        try:
+            server._connection_closed()
+        except Exception:
+            log.exception("counting a connection out of its server failed")
+    if on_done is not None:
+        try:
+            on_done()
+        except Exception:
+            log.exception("a net.Socket's on_done callback raised")
 
 
 # The class gevent makes the plain socket under its own of: subclasses may
@@ -290,8 +295,8 @@ class Socket(EventEmitter):
         self._paused = paused
         if on_done is not None and not callable(on_done):
             raise TypeError(f"on_done must be callable, not {type(on_done).__name__}")
-        if server is not None or on_done is not None:
-            self._done = _Lifetime(server, on_done, False)
+        if on_done is not None:
+            self._on_done = on_done
 
     # Per-socket state starts as these class-wide defaults: a hand-off makes
     # a Socket on each side, and most of its state is never touched.
@@ -312,7 +317,9 @@ class Socket(EventEmitter):
     _idle = False
     _peer: Any = None  # (host, port) once known
     _lingering: Any = None  # (io watcher, timer) while end() drains
-    _done: Optional[_Lifetime] = None  # server count and on_done, if either
+    _on_done: Optional[Callable[[], Any]] = None
+    _done: Optional[_Lifetime] = None  # once ``socket`` was handed out, or collected
+    _finished = False  # counted out and on_done called, without a _Lifetime
     _in_flight = False  # handed to a channel, not yet acknowledged or returned
     _sent = False  # acknowledged with keep_open: another process has it too
 
@@ -328,9 +335,24 @@ class Socket(EventEmitter):
         return self._sock
 
     def _lifetime(self) -> _Lifetime:
+        """The ``_Lifetime`` this socket shares with its gevent socket, made on first need.
+
+        Not before: a connection that is only handed on never needs one.
+        """
         if self._done is None:
-            self._done = _Lifetime(None, None, self._sent)
+            if self._finished:
+                self._done = _Lifetime(None, None, self._sent)
+            else:
+                self._done = _Lifetime(self.server, self._on_done, self._sent)
         return self._done
+
+    def _finish(self) -> None:
+        """This process is done with the connection: count it out, call ``on_done`` (once)."""
+        if self._done is not None:
+            self._done()
+        elif not self._finished:
+            self._finished = True
+            _report_done(self.server, self._on_done)
 
     @property
     def _raw_socket(self) -> Any:
@@ -463,7 +485,7 @@ class Socket(EventEmitter):
 
     # -- writing ----------------------------------------------------------
 
-    def write(self, data: Union[bytes, str], callback: Optional[Callable] = None) -> bool:
+    def write(self, data: Union[bytes, str, memoryview], callback: Optional[Callable] = None) -> bool:
         """Write ``data`` (``str`` is UTF-8 encoded) without blocking the caller.
 
         Returns:
@@ -623,8 +645,7 @@ class Socket(EventEmitter):
     def _close(self) -> None:
         """Close our fd; this process is done with the connection."""
         self._sock.close()
-        if self._done is not None:
-            self._done()
+        self._finish()
 
     def __del__(self) -> None:
         """Collected while still open: close the connection, gracefully.
@@ -641,7 +662,7 @@ class Socket(EventEmitter):
             sock = sock.to_socket()
         elif sock.fileno() < 0:
             return
-        _close_later(sock, not self._sent, self._done)
+        _close_later(sock, not self._sent, self._lifetime())
 
     def _abandoned(self) -> None:
         """A listener this socket was given raised: end it if it is still ours.

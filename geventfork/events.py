@@ -98,14 +98,14 @@ class EventEmitter:
                 self._unhandled_error(args[0] if args else None)
             return False
         if event in self._spawned_events:
-            listeners = tuple(listeners)
-            for fn in listeners:
+            snapshot = tuple(listeners)
+            for fn in snapshot:
                 if hasattr(fn, "listener"):
                     # A once() wrapper removes itself only when its greenlet
                     # runs; remove it now, as Node does at emit time, or a
                     # second emit before then would run it (and count it) again.
                     self.off(event, fn)
-            submit_listener(self, event, listeners, args)
+            submit_listener(self, event, snapshot, args)
         else:
             for fn in tuple(listeners):
                 fn(*args)

@@ -488,3 +488,77 @@ def test_the_reset_warning_of_a_received_socket_names_its_peer(spawn_child):
     with gevent.Timeout(TIMEOUT, AssertionError("no warning line from the child")):
         line = child.stderr.readline().decode()
     assert f"(127.0.0.1:{port})" in line, line
+
+
+# -- through a real channel ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "how, reply",
+    [("close", b"bye"), ("wsgi", b"ok"), ("ignore", b""), ("end", b"bye")],
+)
+def test_on_done_crosses_the_channel_so_the_sender_can_close_its_copy(spawn_child, how, reply):
+    child = spawn_child("socket_done.py")
+    replies = Queue()
+    child.on("message", lambda message, handle: replies.put(message))
+    assert replies.get(timeout=TIMEOUT) == "ready"
+    child_fds = fd_count(child.pid)
+    done = Counter()
+    with serving(None, pause_on_connect=True) as server:
+        conns = Queue()
+        server.on("connection", conns.put)
+        client = client_of(server)
+        if how == "wsgi":
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        conn = conns.get(timeout=TIMEOUT)
+        # The Pool's way: keep a copy, close it once the worker is done.
+        child.channel.send(how, conn, {"keep_open": True}, on_done=lambda: (done(), conn.destroy()))
+        assert replies.get(timeout=TIMEOUT) == "served"
+        # For "close" and "wsgi", only the sender's copy holds the connection
+        # open until on_done; "end" and "ignore" shut it down themselves.
+        assert read_to_eof(client).endswith(reply)
+        client.close()  # which ends an "end" linger
+        wait_until(lambda: done.calls == 1, "on_done from the child")
+    wait_until(lambda: fd_count(child.pid) == child_fds, "the child's fds back to baseline")
+    assert done.calls == 1
+
+
+def test_a_socket_in_flight_on_a_real_channel_cannot_be_sent_again(spawn_child):
+    child = spawn_child("socket_done.py")
+    replies = Queue()
+    child.on("message", lambda message, handle: replies.put(message))
+    assert replies.get(timeout=TIMEOUT) == "ready"
+    with serving(None, pause_on_connect=True) as server:
+        conns = Queue()
+        server.on("connection", conns.put)
+        client = client_of(server)
+        conn = conns.get(timeout=TIMEOUT)
+        acked = Queue()
+        child.send("end", conn, callback=acked.put)
+        with pytest.raises(ValueError, match="already being sent"):
+            child.send("end", conn)
+        assert acked.get(timeout=TIMEOUT) is None  # the first send is untouched
+        assert replies.get(timeout=TIMEOUT) == "served"
+        assert read_to_eof(client) == b"bye"
+        client.close()
+
+
+def test_the_reset_warning_says_unknown_peer_when_nobody_could_know(spawn_child):
+    child = spawn_child("handle_echo.py", silent=True)
+    replies = Queue()
+    child.on("message", lambda message, handle: replies.put(message))
+    with serving(None, pause_on_connect=True) as server:
+        conns = Queue()
+        server.on("connection", conns.put)
+        client = client_of(server)
+        client.sendall(b"abc")
+        conn = conns.get(timeout=TIMEOUT)
+        reset(client)  # before the child ever sees the socket
+        gevent.sleep(0.05)
+        child.send("watch", conn)
+        events = [replies.get(timeout=TIMEOUT)]
+        while events[-1] != {"closed": True}:
+            events.append(replies.get(timeout=TIMEOUT))
+    with gevent.Timeout(TIMEOUT, AssertionError("no warning line from the child")):
+        line = child.stderr.readline().decode()
+    assert "(unknown peer)" in line, line
