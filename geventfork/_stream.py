@@ -1,7 +1,6 @@
 """``net.Socket``: a connected stream with Node's events, on a gevent socket."""
 from __future__ import annotations
 
-import _socket
 import codecs
 import logging
 import socket as _stdlib_socket
@@ -12,6 +11,17 @@ import gevent
 from gevent import socket as gsocket
 
 from ._dispatch import submit
+from ._lifetime import (
+    DONTWAIT,
+    END_LINGER,
+    READ_SIZE,
+    Accepted,
+    Lifetime,
+    close_later,
+    drained,
+    gevent_socket,
+    report_done,
+)
 from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
@@ -22,225 +32,16 @@ __all__ = ["Accepted", "Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
 
 log = logging.getLogger("geventfork.net")
 
-#: Seconds ``end()`` waits for the peer to close before closing anyway. Until
-#: then, unread bytes from the peer are drained, so that closing never turns
-#: into a reset (the kernel answers a close with unread data by RST).
-END_LINGER = 2.0
-#: Bytes asked of one ``recv``.
-READ_SIZE = 64 * 1024
 #: ``write()`` returns False once this many bytes wait to be written (Node's
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
-_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
 _FAMILIES = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
 
 
 def _raw(sock: Any) -> Any:
     """The non-blocking socket under a gevent socket, for calls that must not wait."""
     return getattr(sock, "_sock", sock)
-
-
-class _Lifetime:
-    """What happens once, when this process is done with a connection.
-
-    Shared by a ``Socket`` and the gevent socket it hands out as ``socket``,
-    so that whichever finishes first (``destroy()``, the gevent socket's
-    close, the garbage collector) counts the connection out of its server
-    and calls ``on_done``. It refers to neither of them, so holding it keeps
-    neither alive.
-    """
-
-    __slots__ = ("server", "on_done", "shared")
-
-    def __init__(self, server: Any, on_done: Optional[Callable[[], Any]], shared: bool) -> None:
-        self.server = server
-        self.on_done = on_done
-        #: Sent to another process with ``keep_open``: the connection is
-        #: shared, so it is closed here, never shut down.
-        self.shared = shared
-
-    def __call__(self) -> None:
-        """Run once (later calls do nothing); never raises."""
-        server, on_done = self.server, self.on_done
-        self.server = self.on_done = None
-        _report_done(server, on_done)
-
-
-def _report_done(server: Any, on_done: Optional[Callable[[], Any]]) -> None:
-    """Count a connection out of ``server`` and call ``on_done`` (either may be None)."""
-    if server is not None:
-        try:
-            server._connection_closed()
-        except Exception:
-            log.exception("counting a connection out of its server failed")
-    if on_done is not None:
-        try:
-            on_done()
-        except Exception:
-            log.exception("a net.Socket's on_done callback raised")
-
-
-# The class gevent makes the plain socket under its own of: subclasses may
-# name another (it must derive from this one), on gevent 24 to 26 alike.
-_PlainSocket: Any = gsocket.socket._gevent_sock_class
-
-
-class _Fd(_PlainSocket):
-    """The plain socket under a ``_ConnectionSocket``: it reports its close.
-
-    Hooked here rather than only on the gevent socket because code that
-    serves a gevent socket may close the plain one under it directly:
-    ``gevent.pywsgi`` does, and then never closes the gevent socket itself.
-    """
-
-    __slots__ = ("_lifetime",)
-
-    def close(self) -> None:
-        super().close()
-        _finish(self)
-
-    def detach(self) -> int:
-        fd: int = super().detach()
-        _finish(self)
-        return fd
-
-
-def _finish(raw: Any) -> None:
-    """Run ``raw``'s ``_Lifetime``, once (if ``raw`` is an ``_Fd``: gevent's
-    closed-socket proxy raises on any attribute)."""
-    lifetime = getattr(raw, "_lifetime", None) if isinstance(raw, _Fd) else None
-    if lifetime is not None:
-        raw._lifetime = None
-        lifetime()
-
-
-class _ConnectionSocket(gsocket.socket):
-    """The gevent socket a ``Socket`` hands out: it reports when it is done.
-
-    Closing it (once no ``makefile()`` object holds it, as for any socket),
-    detaching it, closing the plain socket under it, or its being collected
-    unclosed runs its ``_Lifetime`` (kept by that plain socket). Collected
-    unclosed, it is closed gracefully, as ``end()`` would.
-    """
-
-    __slots__ = ()
-    _gevent_sock_class = _Fd
-
-    def _real_close(self, *args: Any) -> None:
-        raw = self._sock
-        super()._real_close(*args)
-        # gevent may close ``raw`` itself on the loop's next turn only:
-        # report now, so that a Pool closes its copy of the connection now.
-        _finish(raw)
-
-    def __del__(self) -> None:
-        raw = getattr(self, "_sock", None)
-        # Closed already (gevent's closed proxy raises on any attribute), or
-        # not ours (a dup()): the usual finalizer will do.
-        if not isinstance(raw, _Fd) or getattr(self, "_closed", True):
-            return
-        lifetime = getattr(raw, "_lifetime", None)
-        if lifetime is None or raw.fileno() < 0:
-            return
-        raw._lifetime = None
-        _close_later(raw, not lifetime.shared, lifetime)
-
-
-def _gevent_socket(raw: Any, lifetime: _Lifetime) -> _ConnectionSocket:
-    """A gevent socket that takes over ``raw``'s fd and runs ``lifetime`` when done."""
-    sock = _ConnectionSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    sock._sock._lifetime = lifetime
-    return sock
-
-
-def _close_later(raw: Any, graceful: bool, lifetime: Optional[_Lifetime]) -> None:
-    """Close ``raw`` (a plain socket nobody else holds) on the hub's next turn.
-
-    For the garbage collector's paths: they may run in the middle of any
-    code, so nothing is done here but scheduling.
-    """
-    try:
-        gevent.get_hub().loop.run_callback(_linger_close, raw, graceful, lifetime)
-    except Exception:  # no usable hub (interpreter shutdown): just close
-        raw.close()
-
-
-def _linger_close(raw: Any, graceful: bool, lifetime: Optional[_Lifetime]) -> None:
-    """Close ``raw`` as ``end()`` would, with loop watchers that hold no ``Socket``.
-
-    Gracefully: shut the write side down (the peer gets EOF at once), read
-    and drop what the peer sends until it closes or ``END_LINGER`` passes,
-    then close; so closing never turns into a reset. Runs in the hub.
-    """
-    if graceful:
-        try:
-            raw.shutdown(_stdlib_socket.SHUT_WR)
-        except OSError:
-            graceful = False  # not connected any more: nothing to linger for
-    if lifetime is not None:
-        lifetime()
-    if not graceful:
-        raw.close()
-        return
-    loop = gevent.get_hub().loop
-    watchers = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
-
-    def finish() -> None:
-        for watcher in watchers:
-            watcher.stop()
-            watcher.close()
-        raw.close()
-
-    def drain() -> None:
-        if _drained(raw):
-            finish()
-
-    watchers[1].start(finish)
-    watchers[0].start(drain)
-
-
-def _drained(raw: Any) -> bool:
-    """Read and drop what ``raw`` has; True once the peer closed (or failed)."""
-    try:
-        while raw.recv(READ_SIZE, _DONTWAIT):
-            pass
-    except BlockingIOError:
-        return False
-    except OSError:
-        pass
-    return True
-
-
-class Accepted:
-    """A connection ``accept`` returned, as its bare fd and peer address.
-
-    Making a socket object costs a system call (CPython checks the fd with
-    ``getsockname``), and a connection that is only handed on never needs one.
-    """
-
-    __slots__ = ("fd", "family", "type", "proto", "peer")
-
-    def __init__(self, fd: int, family: int, type: int, proto: int, peer: Any) -> None:
-        self.fd, self.family, self.type, self.proto, self.peer = fd, family, type, proto, peer
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def getpeername(self) -> Any:
-        return self.peer
-
-    def detach(self) -> int:
-        fd, self.fd = self.fd, -1
-        return fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            _socket.close(self.detach())
-
-    def to_socket(self) -> Any:
-        """A ``_socket.socket`` that takes over the fd."""
-        return _socket.socket(self.family, self.type, self.proto, fileno=self.detach())
 
 
 class Socket(EventEmitter):
@@ -318,8 +119,8 @@ class Socket(EventEmitter):
     _peer: Any = None  # (host, port) once known
     _lingering: Any = None  # (io watcher, timer) while end() drains
     _on_done: Optional[Callable[[], Any]] = None
-    _done: Optional[_Lifetime] = None  # once ``socket`` was handed out, or collected
-    _finished = False  # counted out and on_done called, without a _Lifetime
+    _done: Optional[Lifetime] = None  # once ``socket`` was handed out, or collected
+    _finished = False  # counted out and on_done called, without a Lifetime
     _in_flight = False  # handed to a channel, not yet acknowledged or returned
     _sent = False  # acknowledged with keep_open: another process has it too
 
@@ -331,19 +132,19 @@ class Socket(EventEmitter):
         connection, as ``destroy()`` does, without ``'close'``.
         """
         if not isinstance(self._sock, gsocket.socket):
-            self._sock = _gevent_socket(self._raw_socket, self._lifetime())
+            self._sock = gevent_socket(self._raw_socket, self._lifetime())
         return self._sock
 
-    def _lifetime(self) -> _Lifetime:
-        """The ``_Lifetime`` this socket shares with its gevent socket, made on first need.
+    def _lifetime(self) -> Lifetime:
+        """The ``Lifetime`` this socket shares with its gevent socket, made on first need.
 
         Not before: a connection that is only handed on never needs one.
         """
         if self._done is None:
             if self._finished:
-                self._done = _Lifetime(None, None, self._sent)
+                self._done = Lifetime(None, None, self._sent)
             else:
-                self._done = _Lifetime(self.server, self._on_done, self._sent)
+                self._done = Lifetime(self.server, self._on_done, self._sent)
         return self._done
 
     def _finish(self) -> None:
@@ -352,7 +153,7 @@ class Socket(EventEmitter):
             self._done()
         elif not self._finished:
             self._finished = True
-            _report_done(self.server, self._on_done)
+            report_done(self.server, self._on_done)
 
     @property
     def _raw_socket(self) -> Any:
@@ -500,7 +301,7 @@ class Socket(EventEmitter):
             return False
         if not self._pending:
             try:
-                sent = self._raw_socket.send(data, _DONTWAIT)
+                sent = self._raw_socket.send(data, DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -603,7 +404,7 @@ class Socket(EventEmitter):
 
     def _drain(self, raw: Any) -> None:
         """The socket is readable while lingering (runs in the hub)."""
-        if _drained(raw):
+        if drained(raw):
             self._lingered()
 
     def _lingered(self) -> None:
@@ -662,7 +463,7 @@ class Socket(EventEmitter):
             sock = sock.to_socket()
         elif sock.fileno() < 0:
             return
-        _close_later(sock, not self._sent, self._lifetime())
+        close_later(sock, not self._sent, self._lifetime())
 
     def _abandoned(self) -> None:
         """A listener this socket was given raised: end it if it is still ours.
