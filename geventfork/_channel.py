@@ -417,7 +417,7 @@ class Channel:
                         return
                     if event is _wire.NEED_DATA and time.monotonic() < slice_end:
                         break
-                    gevent.sleep(0)  # a bounded batch, or slice, is done: let others run
+                    gevent.idle()  # a bounded batch, or slice, is done: let others run
                     slice_end = time.monotonic() + READ_SLICE
                     if event is _wire.NEED_DATA or self._closed:
                         break
