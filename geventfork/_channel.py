@@ -534,7 +534,14 @@ class Channel:
         return message, handle
 
     def _send_done(self, ident: int) -> None:
-        """A handle the sender asked to hear about is done with: say so."""
+        """A handle the sender asked to hear about is done with: say so.
+
+        Deferred to the loop: a socket may be done inside a garbage
+        collection, which can run in the middle of our own queue handling.
+        """
+        self._loop.run_callback(self._done, ident)
+
+    def _done(self, ident: int) -> None:
         if ident not in self._holding:
             return
         self._holding.discard(ident)

@@ -20,7 +20,8 @@ import sys
 import gevent
 import pytest
 
-from helpers import TIMEOUT, python_env, read_to_eof, wait_gone, wait_until
+from geventfork.errors import ProtocolError
+from helpers import TIMEOUT, next_event, python_env, read_to_eof, wait_gone, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARENT = os.path.join(ROOT, "examples", "priority", "parent.py")
@@ -118,3 +119,28 @@ def _ask_or_error(port: int) -> object:
         return ask(port)
     except OSError as exc:  # a reset or refusal is a failure the test reports
         return exc
+
+
+def test_a_pickle_frame_from_a_json_child_runs_no_code_in_the_parent(spawn_child, tmp_path):
+    marker = tmp_path / "ran"
+    child = spawn_child("attack.py", "pickle", str(marker))
+    errors = []
+    child.on("error", errors.append)
+    disconnected = next_event(child, "disconnect")
+    assert disconnected.get(timeout=TIMEOUT) == ()
+    assert len(errors) == 1 and isinstance(errors[0], ProtocolError), errors
+    assert "codec 2 (pickle)" in str(errors[0])
+    assert child.wait(timeout=TIMEOUT) == 0
+    assert not marker.exists(), "the child's pickle ran in the parent"
+
+
+def test_fds_a_child_attaches_mid_frame_are_not_kept(spawn_child):
+    before = fd_count(os.getpid())
+    child = spawn_child("attack.py", "fds", 1000)
+    errors = []
+    child.on("error", errors.append)
+    assert next_event(child, "disconnect").get(timeout=TIMEOUT) == ()
+    assert child.wait(timeout=TIMEOUT) == 0
+    assert len(errors) == 1 and "middle of a frame" in str(errors[0]), errors
+    # The parent never held more than the batch it was closing.
+    wait_until(lambda: fd_count(os.getpid()) <= before, "the parent's fds back")
