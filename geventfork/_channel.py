@@ -64,7 +64,7 @@ MAX_IOV = 512
 _ANC_SIZE = _platform.anc_buffer_size()
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _CTRUNC = int(socket.MSG_CTRUNC)
-_pack_header = _wire.HEADER.pack
+_encode_message = _wire.encode_message
 _MESSAGE = _wire.MESSAGE
 #: ``sendmsg`` errors that say the channel itself is gone; any other error of a
 #: send that carries fds is about those fds, and fails that message only.
@@ -213,7 +213,7 @@ class Channel:
             not self._counts_turns or self._loop.iteration != self._written_in
         )
         if handle is None and not acknowledge:
-            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
+            data = _encode_message(payload, self._codec.ident)
             return self._send_frame(data, (), callback, 0, now)
         # Last of the checks: to_wire() takes a net.Socket over (stops its
         # reader), which a send that then raised must not have done.
@@ -222,12 +222,10 @@ class Channel:
         keep_open = bool(options and options.get("keep_open"))
         self._awaiting[ident] = _Pending(callback, handle, out, keep_open, on_done)
         if out is None:
-            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, ident)
-            return self._send_frame(data + payload, (), None, ident, now)
+            data = _encode_message(payload, self._codec.ident, ident)
+            return self._send_frame(data, (), None, ident, now)
         self._handles_awaiting += 1
-        data = _pack_header(
-            len(payload), _MESSAGE, self._codec.ident, out.code, out.flags, 1, ident
-        ) + payload
+        data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
         return self._send_frame(data, (out.fd,), None, ident, True)  # its fd needs a sendmsg of its own
 
     def _new_ident(self) -> int:
