@@ -8,6 +8,7 @@ process alive, the way libuv handles do in Node.
 """
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import socket
@@ -64,12 +65,43 @@ MAX_IOV = 512
 _ANC_SIZE = _platform.anc_buffer_size()
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _CTRUNC = int(socket.MSG_CTRUNC)
-_pack_header = _wire.HEADER.pack
+_encode_message = _wire.encode_message
 _MESSAGE = _wire.MESSAGE
 #: ``sendmsg`` errors that say the channel itself is gone; any other error of a
 #: send that carries fds is about those fds, and fails that message only.
 _BROKEN = frozenset((errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN))
 Callback = Callable[[Optional[BaseException]], Any]
+
+
+class State(enum.Enum):
+    """Where a channel is in its life; ``Channel._to`` is the only place it changes.
+
+    ::
+
+        OPEN ──disconnect()──> DISCONNECTING ──queue written, no handle held──> HALF_CLOSED
+          │                        │                                                │
+          └─ close(), the peer's EOF, an error, a bad frame ─────────────────────> CLOSED
+
+    * OPEN: messages go both ways.
+    * DISCONNECTING: ``disconnect()`` was called. ``send()`` raises; what is
+      queued is written, and DONE for every handle we still hold whose
+      sender asked for it; nothing that needs an ACK is taken any more.
+    * HALF_CLOSED: our write side is shut down; we read the peer's ACKs
+      until its EOF.
+    * CLOSED: the socket is closed; every queued or unacknowledged send
+      has failed.
+
+    The owner hears ``'disconnect'`` once, on leaving OPEN or DISCONNECTING
+    for HALF_CLOSED or CLOSED.
+    """
+
+    OPEN = "open"
+    DISCONNECTING = "disconnecting"
+    HALF_CLOSED = "half-closed"
+    CLOSED = "closed"
+
+
+_SHUTTING = (State.DISCONNECTING, State.HALF_CLOSED)
 
 
 class _Pending:
@@ -140,10 +172,7 @@ class Channel:
         self._tracked: dict = {}  # ident -> on_done, once the receiver has the handle
         self._holding: set = set()  # idents of received handles whose sender awaits DONE
         self._next_ident = 0
-        self.connected = True
-        self._closing = False  # disconnect() was called
-        self._closed = False
-        self._announced = False
+        self.state = State.OPEN
         self._refs = 0
         self._explicit_ref: Optional[bool] = None
         self._default_ref = ref
@@ -152,9 +181,14 @@ class Channel:
 
     # -- public ---------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """Whether ``send()`` may be called: the channel is OPEN."""
+        return self.state is State.OPEN
+
     def fileno(self) -> int:
         """The channel's file descriptor (-1 once closed)."""
-        return -1 if self._closed else self._fd
+        return -1 if self.state is State.CLOSED else self._fd
 
     def ref(self) -> None:
         """Keep the process alive while the channel is open."""
@@ -213,7 +247,7 @@ class Channel:
             not self._counts_turns or self._loop.iteration != self._written_in
         )
         if handle is None and not acknowledge:
-            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
+            data = _encode_message(payload, self._codec.ident)
             return self._send_frame(data, (), callback, 0, now)
         # Last of the checks: to_wire() takes a net.Socket over (stops its
         # reader), which a send that then raised must not have done.
@@ -222,12 +256,10 @@ class Channel:
         keep_open = bool(options and options.get("keep_open"))
         self._awaiting[ident] = _Pending(callback, handle, out, keep_open, on_done)
         if out is None:
-            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, ident)
-            return self._send_frame(data + payload, (), None, ident, now)
+            data = _encode_message(payload, self._codec.ident, ident)
+            return self._send_frame(data, (), None, ident, now)
         self._handles_awaiting += 1
-        data = _pack_header(
-            len(payload), _MESSAGE, self._codec.ident, out.code, out.flags, 1, ident
-        ) + payload
+        data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
         return self._send_frame(data, (out.fd,), None, ident, True)  # its fd needs a sendmsg of its own
 
     def _new_ident(self) -> int:
@@ -254,12 +286,9 @@ class Channel:
 
     def disconnect(self) -> None:
         """Flush what is queued, then close; both ends get ``'disconnect'``."""
-        if not self.connected:
-            return
-        self.connected = False
-        self._closing = True
-        self._apply_ref()
-        self._schedule_flush()
+        if self.state is State.OPEN:
+            self._to(State.DISCONNECTING)
+            self._schedule_flush()
 
     def close(self) -> None:
         """Close at once: queued messages and unacknowledged handles fail."""
@@ -313,7 +342,7 @@ class Channel:
     def _flush(self) -> None:
         """Write what the socket takes now (never blocks)."""
         self._write_watcher.stop()
-        if self._closed:
+        if self.state is State.CLOSED:
             return
         done: list = []
         try:
@@ -323,7 +352,7 @@ class Channel:
             self._shut_down(ChannelClosedError(f"the IPC channel broke: {exc}"))
             return
         self._finish(done)
-        if self._closing and not self._queue and not self._holding:
+        if self.state is State.DISCONNECTING and not self._queue and not self._holding:
             self._half_close()
 
     def _write_some(self, done: list) -> None:
@@ -379,7 +408,7 @@ class Channel:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self._announce()
+        self._to(State.HALF_CLOSED)
 
     # -- reading --------------------------------------------------------
 
@@ -391,7 +420,7 @@ class Channel:
         view = memoryview(buffer)
         slice_end = time.monotonic() + READ_SLICE
         try:
-            while not self._closed:
+            while self.state is not State.CLOSED:
                 try:
                     size, anc, flags, _ = sock.recvmsg_into(
                         (buffer,), _ANC_SIZE, _platform.RECV_FLAGS
@@ -402,7 +431,7 @@ class Channel:
                     slice_end = time.monotonic() + READ_SLICE
                     continue
                 except (ConnectionResetError, OSError) as exc:
-                    if self._closed:
+                    if self.state is State.CLOSED:
                         return
                     raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
                 fds = _platform.fds_from_ancillary(anc) if anc else ()
@@ -419,9 +448,9 @@ class Channel:
                         break
                     gevent.idle()  # a bounded batch, or slice, is done: let others run
                     slice_end = time.monotonic() + READ_SLICE
-                    if event is _wire.NEED_DATA or self._closed:
+                    if event is _wire.NEED_DATA or self.state is State.CLOSED:
                         break
-                if size < READ_SIZE and not anc and not self._closed:
+                if size < READ_SIZE and not anc and self.state is not State.CLOSED:
                     # A short read without fds emptied the socket: wait for
                     # more rather than pay for a read that would say EAGAIN.
                     hub.wait(watcher)
@@ -485,30 +514,38 @@ class Channel:
                 return
             self._owner._channel_message(message, None)
             return
-        fds = list(frame.fds)
-        if self._closing:
-            # We disconnected, so we can no longer acknowledge: do not take it.
-            # Its sender gets ChannelClosedError, keeps its handle, may re-send.
-            for fd in fds:
-                _platform.close_quietly(fd)
-            return
-        try:
-            message, handle = self._take(frame, fds)
-        except (ProtocolError, ValueError, OSError) as exc:
-            for fd in fds:
-                _platform.close_quietly(fd)
-            if frame.ident:
-                self._enqueue(_wire.encode_ack(frame.ident, _wire.NACK), (), None)
-            err = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
-            self._report(err)
-            return
-        for fd in fds:  # a frame may announce more fds than its handle needs
-            _platform.close_quietly(fd)
-        if frame.ident:
-            self._enqueue(_wire.encode_ack(frame.ident), (), None)
-        self._owner._channel_message(message, handle)
+        message, handle, answer = self._take(frame)
+        if frame.ident and answer:
+            self._enqueue(_wire.encode_ack(frame.ident, answer), (), None)
+        if answer == _wire.ACK:
+            self._owner._channel_message(message, handle)
 
-    def _take(self, frame: _wire.Frame, fds: list) -> tuple:
+    def _take(self, frame: _wire.Frame) -> tuple:
+        """Decode a frame's message and rebuild its handle.
+
+        Every fd of the frame that no handle took is closed here, and only
+        here, whatever happens.
+
+        Returns:
+            ``(message, handle, answer)``: ``answer`` is ACK; NACK when the
+            message or its handle could not be taken (then reported); 0 when
+            we disconnected and can no longer acknowledge (its sender gets
+            ChannelClosedError, keeps its handle, and may send it again).
+        """
+        fds = list(frame.fds)
+        try:
+            if self.state in _SHUTTING:
+                return None, None, 0
+            message, handle = self._rebuild(frame, fds)
+        except (ProtocolError, ValueError, OSError) as exc:
+            self._report(exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc)))
+            return None, None, _wire.NACK
+        finally:
+            for fd in fds:  # a frame may announce more fds than its handle needs
+                _platform.close_quietly(fd)
+        return message, handle, _wire.ACK
+
+    def _rebuild(self, frame: _wire.Frame, fds: list) -> tuple:
         """Decode a frame's message and rebuild its handle; ``(message, handle)``.
 
         The handle's fd leaves ``fds`` only once the handle owns it: whatever
@@ -534,11 +571,18 @@ class Channel:
         return message, handle
 
     def _send_done(self, ident: int) -> None:
-        """A handle the sender asked to hear about is done with: say so."""
+        """A handle the sender asked to hear about is done with: say so.
+
+        Deferred to the loop: a socket may be done inside a garbage
+        collection, which can run in the middle of our own queue handling.
+        """
+        self._loop.run_callback(self._done, ident)
+
+    def _done(self, ident: int) -> None:
         if ident not in self._holding:
             return
         self._holding.discard(ident)
-        if not self._closed:
+        if self.state is not State.CLOSED:
             self._enqueue(_wire.encode_ack(ident, _wire.DONE), (), None)
 
     def _answered(self, frame: _wire.Frame, done: list) -> None:
@@ -586,10 +630,9 @@ class Channel:
 
     def _shut_down(self, err: Optional[BaseException]) -> None:
         """Close the socket; fail what is queued and unacknowledged."""
-        if self._closed:
+        if self.state is State.CLOSED:
             return
-        self.connected = False
-        self._closed = True
+        self._to(State.CLOSED)
         flushed: list = []
         if err is None and self._queue:
             try:  # the peer closed its end: its reads may still be open
@@ -611,14 +654,17 @@ class Channel:
         self._decoder.close()
         self._sock.close()
         self._finish(failed)
-        self._announce()
         if gevent.getcurrent() is not self._reader:
             self._reader.kill(block=False)
 
-    def _announce(self) -> None:
-        if not self._announced:
-            self._announced = True
-            self._apply_ref()
+    def _to(self, state: State) -> None:
+        """Move to ``state``; the owner hears ``'disconnect'`` once, as it leaves the living."""
+        before, self.state = self.state, state
+        self._apply_ref()
+        if before not in (State.HALF_CLOSED, State.CLOSED) and state in (
+            State.HALF_CLOSED,
+            State.CLOSED,
+        ):
             submit(self._owner._channel_closed)
 
     def _report(self, err: BaseException) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, Deque, List, NamedTuple, NoReturn, Sequence, Tuple, Type, Union
 
 from .errors import ProtocolError
 
@@ -59,6 +59,7 @@ __all__ = [
     "Frame",
     "Decoder",
     "encode",
+    "encode_message",
     "encode_ack",
 ]
 
@@ -69,6 +70,7 @@ DONE = 4
 _KINDS = (MESSAGE, ACK, NACK, DONE)
 
 HEADER = struct.Struct("!IBBBBHI")
+_pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
 
@@ -86,18 +88,23 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024
 _COMPACT_AT = 256 * 1024
 
 
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
+class _Sentinel(type):
+    """The type of a sentinel class, which is its own value (h11's ``NEED_DATA``).
 
-    def __repr__(self) -> str:
-        return self._name
+    A class, unlike an instance, is something a type checker can narrow on:
+    ``if event is NEED_DATA`` leaves ``Frame | type[CLOSED]``.
+    """
+
+    def __repr__(cls) -> str:
+        return cls.__name__
 
 
-#: ``next_event()``: no whole frame is buffered yet.
-NEED_DATA = _Sentinel("NEED_DATA")
-#: ``next_event()``: the peer closed the stream cleanly between frames.
-CLOSED = _Sentinel("CLOSED")
+class NEED_DATA(metaclass=_Sentinel):
+    """``next_event()``: no whole frame is buffered yet."""
+
+
+class CLOSED(metaclass=_Sentinel):
+    """``next_event()``: the peer closed the stream cleanly between frames."""
 
 
 class Frame(NamedTuple):
@@ -105,7 +112,7 @@ class Frame(NamedTuple):
 
     kind: int
     payload: bytes = b""
-    fds: tuple = ()
+    fds: Tuple[int, ...] = ()
     codec: int = 0
     handle: int = 0
     flags: int = 0
@@ -115,11 +122,13 @@ class Frame(NamedTuple):
     fds_lost: bool = False
 
 
-Event = Union[Frame, _Sentinel]
+Event = Union[Frame, Type[NEED_DATA], Type[CLOSED]]
+#: Bytes kept as a protocol error's evidence: any bytes-like slice of the stream.
+Evidence = Union[bytes, bytearray, memoryview]
 _new_frame = tuple.__new__  # Frame(...) without the generated __new__'s extra call
 
 
-def encode(frame: Frame) -> tuple:
+def encode(frame: Frame) -> Tuple[bytes, List[int]]:
     """Return ``(data, fds)`` for ``frame``; send the fds with ``data[0]``.
 
     Raises:
@@ -145,6 +154,18 @@ def encode(frame: Frame) -> tuple:
     return header + frame.payload, list(frame.fds)
 
 
+def encode_message(
+    payload: bytes, codec: int, ident: int = 0, handle: int = 0, flags: int = 0, nfds: int = 0
+) -> bytes:
+    """The bytes of a MESSAGE frame, for a sender that checked its fields itself.
+
+    ``encode()`` checks every rule and builds a ``Frame``; a channel sending
+    thousands of messages a second has checked them already (its codec, its
+    own idents, at most one fd), so this packs the header and nothing more.
+    """
+    return _pack_header(len(payload), MESSAGE, codec, handle, flags, nfds, ident) + payload
+
+
 def encode_ack(ident: int, kind: int = ACK) -> bytes:
     """The bytes of an ACK (or NACK, or DONE) frame answering MESSAGE ``ident``."""
     return HEADER.pack(0, kind, 0, 0, 0, 0, ident)
@@ -153,7 +174,7 @@ def encode_ack(ident: int, kind: int = ACK) -> bytes:
 class _FdBatch(NamedTuple):
     start: int  # stream offset of the first byte of the read the fds came with
     end: int  # stream offset just past that read
-    fds: list
+    fds: List[int]
     truncated: bool
 
 
@@ -176,12 +197,12 @@ class Decoder:
         self._buf = bytearray()
         self._pos = 0  # read position in _buf
         self._base = 0  # stream offset of _buf[0]
-        self._batches: deque = deque()
+        self._batches: Deque[_FdBatch] = deque()
         self._eof = False
         self._error: ProtocolError | None = None
 
     def receive_data(
-        self, data: bytes, fds: Sequence[int] = (), truncated: bool = False
+        self, data: Evidence, fds: Sequence[int] = (), truncated: bool = False
     ) -> None:
         """Add bytes read from the stream, with the fds that came with them.
 
@@ -203,7 +224,7 @@ class Decoder:
             self._batches.append(_FdBatch(start, start + len(data), list(fds), truncated))
         self._buf += data
 
-    def _check_fds(self, data: bytes, fds: Sequence[int]) -> None:
+    def _check_fds(self, data: Evidence, fds: Sequence[int]) -> None:
         """Fail, closing ``fds``, unless a frame begins in the read they came with.
 
         Checked as the fds arrive, not when their frame is complete: a peer
@@ -302,7 +323,7 @@ class Decoder:
             self._fail("fds arrived that no frame claimed", b"")
         return CLOSED
 
-    def _claim(self, start: int, nfds: int, evidence: bytes) -> tuple:
+    def _claim(self, start: int, nfds: int, evidence: Evidence) -> Tuple[Tuple[int, ...], bool]:
         batches = self._batches
         if batches and batches[0].end <= start:
             self._fail("fds arrived that no frame claimed", evidence)
@@ -318,9 +339,8 @@ class Decoder:
             batches.popleft()
             return tuple(batch.fds), True
         self._fail(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
-        raise AssertionError("unreachable")
 
-    def _fail(self, msg: str, evidence: bytes) -> None:
+    def _fail(self, msg: str, evidence: Evidence) -> NoReturn:
         self._error = ProtocolError(msg, bytes(evidence))
         self.close()
         raise self._error

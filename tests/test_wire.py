@@ -23,6 +23,7 @@ from geventfork._wire import (
     Decoder,
     Frame,
     encode,
+    encode_message,
     encode_ack,
 )
 from geventfork.errors import ProtocolError
@@ -821,3 +822,14 @@ def test_fds_with_a_read_that_begins_a_frame_after_whole_ones_are_kept(fds):
     decoder.receive_data(plain[3:] + with_fd[:5], sent)
     decoder.receive_data(with_fd[5:])
     assert drain(decoder)[:-1] == [Frame(MESSAGE, b"p"), Frame(MESSAGE, b"h", sent, ident=2)]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [dict(), dict(ident=7), dict(ident=9, handle=1, flags=3, nfds=1)],
+    ids=["plain", "acknowledged", "with a handle"],
+)
+def test_encode_message_is_encode_without_the_checks(fields):
+    nfds = fields.pop("nfds", 0)
+    frame = Frame(MESSAGE, b"payload", tuple(range(nfds)), 2, **fields)
+    assert encode_message(b"payload", 2, nfds=nfds, **fields) == encode(frame)[0]
