@@ -15,8 +15,9 @@ go of a job's function and arguments as soon as the job returns, so an object
 only the job held (a ``net.Socket`` a handler ignored) is freed at once.
 
 A job submitted for an ``EventEmitter`` (``submit_listener``) that raises is
-reported to the emitter's ``_listener_failed`` hook before the hub reports
-the error, so the emitter can end what the listener left behind.
+reported to the emitter's ``_listener_failed`` hook, so the emitter can end
+what the listener left behind; the hub then reports the error (with its
+traceback) unless the hook did.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Dispatcher:
             fn: the job.
             args: its arguments.
             emitter: if not None, told through ``emitter._listener_failed(event,
-                args, exc)`` when ``fn`` raises.
+                fn, args, exc)`` when ``fn`` raises.
             event: the event ``fn`` listens to, for ``emitter``.
         """
         self._jobs.append((fn, args, emitter, event))
@@ -104,9 +105,8 @@ class Dispatcher:
                     except GreenletExit:
                         raise
                     except BaseException as exc:
-                        if emitter is not None:
-                            _tell_emitter(hub, emitter, event, args, exc)
-                        hub.handle_error(fn, *sys.exc_info())
+                        if emitter is None or not _tell_emitter(hub, emitter, event, fn, args, exc):
+                            hub.handle_error(fn, *sys.exc_info())
                     if self._runner is me:
                         self._in_job = False
                 # Hold nothing of the last job while parked: what only it
@@ -138,12 +138,18 @@ class Dispatcher:
                 self._hub.handle_error(me, *sys.exc_info())
 
 
-def _tell_emitter(hub: Any, emitter: Any, event: str, args: tuple, exc: BaseException) -> None:
-    """Call ``emitter._listener_failed``; an error there is reported, not raised."""
+def _tell_emitter(
+    hub: Any, emitter: Any, event: str, fn: Callable, args: tuple, exc: BaseException
+) -> bool:
+    """Call ``emitter._listener_failed``; return whether it reported ``exc`` itself.
+
+    An error in the hook is reported, not raised.
+    """
     try:
-        emitter._listener_failed(event, args, exc)
+        return bool(emitter._listener_failed(event, fn, args, exc))
     except Exception:
         hub.handle_error(emitter, *sys.exc_info())
+        return False
 
 
 def _dispatcher() -> Dispatcher:
@@ -164,7 +170,7 @@ def submit_listener(emitter: Any, event: str, listeners: tuple, args: tuple) -> 
     """Run each of ``listeners`` with ``args``, as ``submit`` does.
 
     A listener that raises is reported to ``emitter._listener_failed(event,
-    args, exc)``, then to the hub.
+    listener, args, exc)``, then to the hub unless the hook reported it.
     """
     dispatcher = _dispatcher()
     for fn in listeners:

@@ -6,6 +6,8 @@ emitting greenlet. An ``'error'`` nobody listens for raises.
 """
 from __future__ import annotations
 
+import logging
+
 import gevent
 import pytest
 from gevent.event import Event
@@ -413,8 +415,9 @@ class FailureHooked(EventEmitter):
         super().__init__()
         self.order = order
 
-    def _listener_failed(self, event, args, exc) -> None:
-        self.order.append(("hook", event, args, str(exc)))
+    def _listener_failed(self, event, listener, args, exc) -> bool:
+        self.order.append(("hook", event, listener.__name__, args, str(exc)))
+        return False
 
 
 @pytest.fixture
@@ -443,7 +446,10 @@ def test_a_raising_spawned_listener_is_told_to_the_emitter_before_the_hub(
         emitter.emit(event, n, "x")
     wait_until(lambda: len(reported) == 2, "the failure to be reported")
     gevent.sleep(0.01)
-    assert reported == [("hook", event, (2, "x"), "listener failed"), ("hub", "listener failed")]
+    assert reported == [
+        ("hook", event, "listener", (2, "x"), "listener failed"),
+        ("hub", "listener failed"),
+    ]
 
 
 def test_a_raising_plain_listener_propagates_without_the_hook(reported: list) -> None:
@@ -456,7 +462,7 @@ def test_a_raising_plain_listener_propagates_without_the_hook(reported: list) ->
 
 def test_a_hook_that_raises_is_reported_not_raised(reported: list) -> None:
     class Broken(EventEmitter):
-        def _listener_failed(self, event, args, exc) -> None:
+        def _listener_failed(self, event, listener, args, exc) -> bool:
             raise RuntimeError("hook failed")
 
     emitter, after = Broken(), Event()
@@ -483,6 +489,32 @@ def test_the_default_hook_abandons_arguments_that_can_be_abandoned(reported: lis
     emitter.emit("connection", orphan, {"_abandoned": "not looked up on instances"})
     wait_until(lambda: reported, "the failure to be reported")
     assert orphan.abandoned == 1
+
+
+@pytest.mark.parametrize("event", SPAWNED)
+def test_a_geventfork_error_from_a_listener_is_one_line_naming_it(
+    event: str, reported: list, caplog
+) -> None:
+    from geventfork.errors import ChannelClosedError
+
+    emitter = EventEmitter()
+
+    @emitter.once(event)
+    def on_event():
+        raise ChannelClosedError("the IPC channel is closed")
+
+    with caplog.at_level(logging.WARNING, logger="geventfork"):
+        emitter.emit(event)
+        wait_until(lambda: caplog.records, "the warning")
+    gevent.sleep(0.01)
+    assert reported == []  # no traceback from the hub
+    [record] = caplog.records
+    line = f"test_events.py:{on_event.__code__.co_firstlineno + 2}"
+    assert record.getMessage() == (
+        f"'{event}' listener test_a_geventfork_error_from_a_listener_is_one_line_naming_it."
+        f"<locals>.on_event ({line}) failed: ChannelClosedError: the IPC channel is closed"
+    )
+    assert record.exc_info is None
 
 
 def test_a_runner_lets_go_of_a_finished_job_at_once() -> None:
