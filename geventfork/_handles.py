@@ -87,8 +87,7 @@ def to_wire(handle: Any, track: bool = False) -> Outgoing:
         flags = (PAUSED if handle._paused else 0) | _tcp_flag(handle._sock)
         if track:
             flags |= TRACKED
-        returned = getattr(handle, "_returned", _nothing)  # TEMP until merge
-        return Outgoing(SOCKET, flags, fd, handle._release, returned, handle.end)
+        return Outgoing(SOCKET, flags, fd, handle._release, handle._returned, handle.end)
     if isinstance(handle, Server):
         fd = handle._listening_fd()
         flags = (PAUSE_ON_CONNECT if handle.pause_on_connect else 0) | (
@@ -135,8 +134,7 @@ def from_wire(code: int, flags: int, fd: int, on_done: Optional[Callable[[], Any
         ValueError: unknown handle number (the caller closes ``fd``).
     """
     if code == SOCKET:
-        extra = {"on_done": on_done} if on_done is not None else {}  # TEMP until merge
-        return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED), **extra)
+        return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED), on_done=on_done)
     if code == SERVER:
         return Server._from_listener(
             gsocket.socket(fileno=fd),
