@@ -231,7 +231,7 @@ def run_script(
 
     from ._process import process
 
-    process._connect(script, args)
+    process._connect(script, list(args))
     is_file = _is_file(script)
     folder = os.path.dirname(os.path.abspath(script)) if is_file else user_folder
     if folder is not None:  # as ``python script.py`` and ``python -m module`` do
@@ -296,7 +296,7 @@ def _run_module_as_main(name: str) -> None:
     )
 
 
-def _exec_as_main(code: object, **attributes: object) -> None:
+def _exec_as_main(code: Any, **attributes: object) -> None:
     """Run ``code`` in a new ``__main__`` module that stays in ``sys.modules``.
 
     Not ``runpy``: it runs the code in a temporary module and puts the
@@ -326,7 +326,7 @@ def _print_script_error(exc: BaseException) -> None:
 def _is_runner_frame(filename: str) -> bool:
     import runpy
 
-    return filename in (__file__, runpy.__file__) or filename.startswith("<frozen importlib")
+    return filename in (__file__, runpy.__file__) or filename.startswith(("<frozen importlib", "<frozen runpy"))
 
 
 def _is_zip(path: str) -> bool:

@@ -81,7 +81,7 @@ class Owner(ChannelOwner):
         reason = self._closed_reason()
         if reason is not None or self.channel is None:
             raise ChannelClosedError(f"cannot send: {reason or 'there is no IPC channel'}")
-        return self.channel.send(message, handle, options, callback)
+        return self.channel.send(message, handle, options, callback)  # type: ignore[arg-type]
 
     def disconnect(self) -> None:
         """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
