@@ -40,6 +40,11 @@ class Owner(ChannelOwner):
         super().__init__()
         self._disconnect_called = False
 
+    @property
+    def connected(self) -> bool:
+        """Whether ``send()`` can still send: False once it would raise ``ChannelClosedError``."""
+        return self._closed_reason() is None
+
     def send(
         self,
         message: Any,
@@ -99,5 +104,5 @@ class Owner(ChannelOwner):
         if not self.channel.connected:
             if self._disconnect_called:
                 return "the IPC channel is closed (disconnect() was called)"
-            return "the IPC channel is closed (the other end disconnected or exited)"
+            return "the IPC channel is closed"
         return None

@@ -34,7 +34,7 @@ class Process(Owner):
         if self.channel is None:
             return "this process has no IPC channel: it was not started by fork()"
         if not self.channel.connected and not self._disconnect_called:
-            return "the IPC channel to the parent is closed (the parent disconnected or exited)"
+            return "the IPC channel to the parent is closed"
         return super()._closed_reason()
 
     def _connect(self, script: str, args: list) -> None:

@@ -128,7 +128,7 @@ class ChildProcess(Owner):
             how = f"by {self.signal_code}" if self.signal_code else f"with code {self.exit_code}"
             return f"the child process exited ({how})"
         if self.channel is not None and not self.channel.connected and not self._disconnect_called:
-            return "the IPC channel to the child is closed (the child disconnected)"
+            return "the IPC channel to the child is closed"
         return super()._closed_reason()
 
     def _spawn(self, args: list, env: dict, cwd: Any, stdio: tuple, codec: Any, max_size: int) -> None:

@@ -14,6 +14,11 @@ it (``SigCgt`` loses it). Before that, the interpreter is still importing
 ``KeyboardInterrupt`` traceback for any script), except in forked children,
 which start with SIGINT blocked. Moment ``"exec"`` signals right after the
 parent's ``exec``, before CPython's handler exists.
+
+In the runner's first phase SIGINT has no handler (its default action ends
+the process quietly); once the script runs, Python's handler is back and
+gevent catches SIGCHLD as soon as the script forks: that is how the test
+knows it missed the phase, and starts again.
 """
 import os
 import signal
@@ -30,25 +35,40 @@ from helpers import CHILDREN_DIR, python_env
 BOUND = 5.0
 
 
-def sigint_caught(pid):
-    """Whether ``pid`` has a handler for SIGINT (None once it is gone)."""
+def handlers(pid):
+    """``(SIGINT caught, SIGCHLD caught)`` for ``pid``, from ``SigCgt`` (None once gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+                    caught = int(line.split()[1], 16)
+                    return tuple(bool(caught & (1 << (sig - 1))) for sig in (signal.SIGINT, signal.SIGCHLD))
     except OSError:
-        return None
+        pass
     return None
 
 
-def wait_for(pid, caught, what):
-    """Poll, without yielding, until ``sigint_caught(pid) == caught``."""
+def runner_took_over(pid):
+    """Poll ``pid`` (busily: the phases last tens of ms) until the runner takes SIGINT over.
+
+    Returns True at that moment, or False if the moment was missed: the
+    script already runs (SIGINT caught again and SIGCHLD caught, as gevent
+    does once the script forks) without our having seen the runner's phase.
+    """
     deadline = time.monotonic() + 10
-    while sigint_caught(pid) is not caught:
-        if time.monotonic() > deadline:
-            pytest.fail(f"never saw {what}")
-        time.sleep(0.0005)
+    seen_cpython = False
+    while time.monotonic() < deadline:
+        state = handlers(pid)
+        if state is None:
+            pytest.fail("the parent exited before Ctrl-C")
+        sigint, sigchld = state
+        if sigint and sigchld:
+            return False
+        if sigint:
+            seen_cpython = True
+        elif seen_cpython:
+            return True
+    pytest.fail("the parent never got as far as running the script")
 
 
 def group(pgid):
@@ -70,16 +90,16 @@ def group(pgid):
 
 @pytest.mark.parametrize("moment", ["exec", 0.0, 0.1, 0.3, 0.6, 0.9, 1.2])
 def test_ctrl_c_at_any_moment(popen, moment):
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "ctrl_c_parent.py")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=python_env(),
-        start_new_session=True,  # a process group of its own, as a shell gives a job
-    )
-    popen.append(parent)
+    for _attempt in range(5):  # a loaded machine may hide the runner's first 0.1 s from us
+        parent = start_parent(popen)
+        if moment == "exec" or runner_took_over(parent.pid):
+            break
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=BOUND)
+    else:
+        pytest.skip("could not see when the runner took SIGINT over in 5 attempts")
     try:
         if moment != "exec":
-            wait_for(parent.pid, True, "CPython install its SIGINT handler")
-            wait_for(parent.pid, False, "the runner take SIGINT over")
             time.sleep(moment)
         members = group(parent.pid)
         os.killpg(parent.pid, signal.SIGINT)
@@ -97,3 +117,13 @@ def test_ctrl_c_at_any_moment(popen, moment):
             os.killpg(parent.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def start_parent(popen):
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "ctrl_c_parent.py")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=python_env(),
+        start_new_session=True,  # a process group of its own, as a shell gives a job
+    )
+    popen.append(parent)
+    return parent
