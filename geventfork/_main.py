@@ -58,8 +58,9 @@ options:
   -h, --help      show this help and exit
   -V, --version   print the version and exit
 
-fork(), process, net and Pool are described in the project's README.md
-(also the package's long description: python -m pip show -v geventfork).
+fork(), process, net and Pool are described in the project's README.md, which
+is also the installed package's description; to read it:
+  python -c "import importlib.metadata as m; print(m.metadata('geventfork').get_payload())"
 """
 
 
