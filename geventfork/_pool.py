@@ -22,7 +22,7 @@ from gevent.event import Event
 
 from . import _handles, _platform
 from ._stream import Socket
-from .child_process import ChildProcess, fork
+from .child_process import ChildProcess, fork, resolve_module
 from .errors import ChannelClosedError
 from .events import EventEmitter
 
@@ -113,6 +113,7 @@ class Pool(EventEmitter):
 
     Raises:
         ValueError: an unknown strategy, or a size below 1.
+        FileNotFoundError: ``module`` names a file that does not exist.
     """
 
     def __init__(
@@ -130,7 +131,7 @@ class Pool(EventEmitter):
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
         super().__init__()
-        self.module = os.fspath(module)
+        self.module = resolve_module(module, options.get("cwd"))  # FileNotFoundError now
         self.args = list(args)
         self.size = size
         self.strategy = strategy

@@ -6,15 +6,15 @@ import sys
 from typing import Any, Optional
 
 from . import _handles
-from ._channel import Channel, ChannelOwner
+from ._channel import Channel
 from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, SERIALIZATION_ENV
+from ._owner import Owner
 from ._serialization import by_name
-from .errors import ChannelClosedError
 
 __all__ = ["Process", "process"]
 
 
-class Process(ChannelOwner):
+class Process(Owner):
     """This process, as its parent sees it through ``fork()``.
 
     Events: ``'message'(message, handle)``, ``'disconnect'``, ``'error'``.
@@ -30,24 +30,21 @@ class Process(ChannelOwner):
         self.pid = os.getpid()
         self._held: Optional[list] = []  # None once the top level returned
 
-    def send(
-        self,
-        message: Any,
-        handle: Any = None,
-        options: Optional[dict] = None,
-        callback: Any = None,
-    ) -> bool:
-        """Send ``message`` (and a handle) to the parent; see ``ChildProcess.send``.
-
-        Raises:
-            ChannelClosedError: this process was not forked with a channel.
-        """
+    def _closed_reason(self) -> Optional[str]:
         if self.channel is None:
-            raise ChannelClosedError("this process has no IPC channel: it was not started by fork()")
-        return self.channel.send(message, handle, options, callback)
+            return "this process has no IPC channel: it was not started by fork()"
+        if not self.channel.connected and not self._disconnect_called:
+            return "the IPC channel to the parent is closed"
+        return super()._closed_reason()
 
     def _connect(self, script: str, args: list) -> None:
-        """Take the channel the parent passed, if any (the runner calls this)."""
+        """Take the channel the parent passed, if any (the runner calls this).
+
+        The variables that name it leave the environment and the fd is made
+        close-on-exec, so that nothing this process starts (``os.system``,
+        ``subprocess``) holds the channel open after this process exits, or
+        takes it for its own (Node deletes ``NODE_CHANNEL_FD`` likewise).
+        """
         self.argv = [sys.executable, script, *args]
         fd = os.environ.pop(CHANNEL_FD_ENV, None)
         codec = by_name(os.environ.pop(SERIALIZATION_ENV, "json"))
@@ -57,7 +54,12 @@ class Process(ChannelOwner):
         import _socket  # the raw socket: the channel does its own cooperative waits
 
         options = {"max_size": int(max_size)} if max_size else {}
-        sock = _socket.socket(fileno=int(fd))
+        try:
+            os.set_inheritable(int(fd), False)
+            sock = _socket.socket(fileno=int(fd))
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"geventfork: no IPC channel: {CHANNEL_FD_ENV}={fd}: {exc}\n")
+            return
         self.channel = Channel(sock, self, codec, ref=False, **options)
         self._listeners_changed("message")
 

@@ -1,27 +1,35 @@
 """``fork()`` and ``ChildProcess``: Node's ``child_process.fork``, on gevent."""
 from __future__ import annotations
 
+import errno
 import os
 import signal as _signal
 import site
 import sys
-from typing import Any, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import gevent
 from gevent import subprocess
+from gevent.event import Event
 
 from . import _wire
-from ._channel import Channel, ChannelOwner
+from ._channel import Channel
 from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MONKEY_ENV, SERIALIZATION_ENV
+from ._owner import Owner
 from ._serialization import by_name
 
-__all__ = ["fork", "ChildProcess"]
+__all__ = ["fork", "ChildProcess", "resolve_module"]
 
 #: The largest payload a frame's header can announce (its size field is a u32).
 _MAX_PAYLOAD = 0xFFFFFFFF
+#: What each ``stdio`` entry of ``fork()`` means to ``subprocess.Popen``.
+_STDIO = {"pipe": subprocess.PIPE, "inherit": None, "ignore": subprocess.DEVNULL}
+#: A signal as ``kill()`` takes it: a number, a ``signal.Signals``, or a name.
+SignalLike = Union[int, str]
 
 
-class ChildProcess(ChannelOwner):
+class ChildProcess(Owner):
     """A child started by ``fork()``; the parent's handle on it.
 
     Events: ``'spawn'``, ``'message'(message, handle)``, ``'disconnect'``,
@@ -45,22 +53,41 @@ class ChildProcess(ChannelOwner):
         self._popen: Optional[subprocess.Popen] = None
         self._timer: Any = None  # the loop timer behind ``timeout``
         self._exited = False
+        self._exit_done = Event()  # set once the 'exit' listeners have run
+        self._exit_greenlet: Any = None
         self._disconnected = False
         self._referenced = True
 
-    def kill(self, signal: int = _signal.SIGTERM) -> bool:
-        """Send ``signal``; return whether it was delivered (Node's ``kill``)."""
+    def kill(self, signal: SignalLike = _signal.SIGTERM) -> bool:
+        """Send ``signal``; return whether it was delivered (Node's ``kill``).
+
+        Args:
+            signal: a number, a ``signal.Signals``, or a name, with or
+                without its ``SIG`` prefix (``"SIGKILL"``, ``"KILL"``), as
+                Node takes names.
+
+        Returns:
+            False when the child is gone (or never started), True otherwise.
+
+        Raises:
+            ValueError: an unknown signal name or number.
+            TypeError: ``signal`` is neither a number nor a name.
+        """
+        number = signal_number(signal)
         if self._popen is None or self._exited or self._popen.returncode is not None:
             return False  # exited (reaped: its pid may be reused)
         try:
-            os.kill(self._popen.pid, signal)
+            os.kill(self._popen.pid, number)
         except ProcessLookupError:
             return False
         self.killed = True
         return True
 
     def wait(self, timeout: Optional[float] = None) -> int:
-        """Block the calling greenlet until the child exits.
+        """Block the calling greenlet until the child has exited.
+
+        Returns once the ``'exit'`` listeners have run, with ``exit_code`` or
+        ``signal_code`` set (called from an ``'exit'`` listener, at once).
 
         Returns:
             The exit code, or minus the signal number when a signal ended it
@@ -72,9 +99,10 @@ class ChildProcess(ChannelOwner):
         """
         if self._popen is None:
             raise ChildProcessError("the child process never started")
-        returncode = self._popen.wait(timeout)
-        self._record_exit(returncode)  # 'exit' may not have been emitted yet
-        return returncode
+        in_exit_listener = self._exit_greenlet is gevent.getcurrent()
+        if not in_exit_listener and not self._exit_done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.spawnargs, timeout)
+        return self._popen.returncode
 
     def ref(self) -> None:
         """Let the child (and its channel) keep this process alive (the default)."""
@@ -93,18 +121,29 @@ class ChildProcess(ChannelOwner):
 
     # -- spawning and exit ------------------------------------------------
 
-    def _spawn(self, args: list, env: dict, cwd: Any, silent: bool, codec: Any, max_size: int) -> None:
+    def _closed_reason(self) -> Optional[str]:
+        if self._popen is None:
+            return "the child process never started"
+        if self._exited:
+            how = f"by {self.signal_code}" if self.signal_code else f"with code {self.exit_code}"
+            return f"the child process exited ({how})"
+        if self.channel is not None and not self.channel.connected and not self._disconnect_called:
+            return "the IPC channel to the child is closed"
+        return super()._closed_reason()
+
+    def _spawn(self, args: list, env: dict, cwd: Any, stdio: tuple, codec: Any, max_size: int) -> None:
         import _socket
 
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         env[CHANNEL_FD_ENV] = str(theirs.fileno())
-        pipe = subprocess.PIPE if silent else None
+        stdin, stdout, stderr = (_STDIO[entry] for entry in stdio)
         self.spawnargs = args
         try:
-            self._popen = subprocess.Popen(
-                args, pass_fds=(theirs.fileno(),), cwd=cwd, env=env,
-                stdin=pipe, stdout=pipe, stderr=pipe,
-            )
+            with _sigint_blocked():
+                self._popen = subprocess.Popen(
+                    args, pass_fds=(theirs.fileno(),), cwd=cwd, env=env,
+                    stdin=stdin, stdout=stdout, stderr=stderr,
+                )
         except OSError as exc:
             ours.close()
             gevent.spawn(self.emit, "error", exc)
@@ -121,10 +160,14 @@ class ChildProcess(ChannelOwner):
 
     def _on_exit(self, returncode: int) -> None:
         self._exited = True
+        self._exit_greenlet = gevent.getcurrent()
         if self._timer is not None:
             self._timer.stop()
         self._record_exit(returncode)
-        self.emit("exit", self.exit_code, self.signal_code)
+        try:
+            self.emit("exit", self.exit_code, self.signal_code)
+        finally:
+            self._exit_done.set()  # wait() returns after the listeners
         self._maybe_close()
 
     def _record_exit(self, returncode: int) -> None:
@@ -162,7 +205,7 @@ def _child_watcher(pid: Optional[int]) -> Any:
 
 
 def fork(
-    module: str,
+    module: Union[str, "os.PathLike[str]"],
     args: Sequence[Any] = (),
     *,
     exec_path: Optional[str] = None,
@@ -170,9 +213,10 @@ def fork(
     cwd: Optional[str] = None,
     env: Optional[dict] = None,
     silent: bool = False,
+    stdio: Union[str, Sequence[str], None] = None,
     serialization: str = "json",
     monkey: bool = True,
-    kill_signal: int = _signal.SIGTERM,
+    kill_signal: SignalLike = _signal.SIGTERM,
     timeout: Optional[float] = None,
     max_message_size: int = _wire.MAX_FRAME_SIZE,
 ) -> ChildProcess:
@@ -183,44 +227,142 @@ def fork(
     and talks back through ``geventfork.process``.
 
     Args:
-        module: a path to a Python file, or a dotted module name.
+        module: a path to a Python file (a relative path is taken from
+            ``cwd``, or else from the current directory, as Node does), or
+            a dotted module name.
         args: the script's arguments (``process.argv[2:]`` in the child).
         exec_path: the Python to run (default ``sys.executable``).
         exec_argv: options for that Python, before ``-m geventfork``.
         cwd: the child's working directory.
         env: the child's environment (default: ours).
         silent: pipe the child's stdin/stdout/stderr to ``child.stdin`` /
-            ``child.stdout`` / ``child.stderr`` instead of inheriting ours.
+            ``child.stdout`` / ``child.stderr`` instead of inheriting ours
+            (``stdio="pipe"``).
+        stdio: Node's ``stdio`` for stdin, stdout and stderr: three of
+            ``"pipe"`` (to ``child.stdin`` / ``child.stdout`` /
+            ``child.stderr``), ``"inherit"`` (ours) and ``"ignore"``
+            (``/dev/null``), or one of them for all three. The IPC channel
+            is always there; an ``"ipc"`` entry, as Node's arrays have, is
+            accepted and ignored. Default: all ``"inherit"``.
         serialization: ``"json"`` or ``"pickle"``.
         monkey: patch the child with ``gevent.monkey.patch_all()``.
-        kill_signal: the signal ``timeout`` kills with.
+        kill_signal: the signal ``timeout`` kills with (a number or a name).
         timeout: seconds after which the child is sent ``kill_signal``.
         max_message_size: the largest message either end accepts, in bytes.
 
     Returns:
-        The ``ChildProcess``. A failure to start is emitted as ``'error'``.
+        The ``ChildProcess``. A failure to start the Python interpreter is
+        emitted as ``'error'``.
 
     Raises:
-        ValueError: an unknown ``serialization``, or a ``max_message_size``
-            a frame cannot announce (1 to 4 GiB - 1: its size field is a u32).
+        FileNotFoundError: ``module`` names a file that does not exist (the
+            message says which absolute path was tried); nothing was started.
+        TypeError: both ``silent=True`` and ``stdio``.
+        ValueError: an unknown ``serialization``, ``stdio`` entry or
+            ``kill_signal``, or a ``max_message_size`` a frame cannot
+            announce (1 to 4 GiB - 1: its size field is a u32).
     """
     codec = by_name(serialization)
     if not 0 < max_message_size <= _MAX_PAYLOAD:
         raise ValueError(
             f"max_message_size must be from 1 to {_MAX_PAYLOAD} bytes, not {max_message_size}"
         )
+    streams = _stdio(silent, stdio)
+    kill_signal = signal_number(kill_signal)
+    script = resolve_module(module, cwd)
     child_env = dict(os.environ if env is None else env)
     child_env[SERIALIZATION_ENV] = codec.name
     child_env[MONKEY_ENV] = "1" if monkey else "0"
     child_env[MAX_MESSAGE_SIZE_ENV] = str(max_message_size)
     _make_importable(child_env)
-    argv = [exec_path or sys.executable, *exec_argv, "-m", "geventfork", os.fspath(module)]
+    argv = [exec_path or sys.executable, *exec_argv, "-m", "geventfork", script]
     child = ChildProcess()
-    child._spawn(argv + [str(a) for a in args], child_env, cwd, silent, codec, max_message_size)
+    child._spawn(argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size)
     if timeout is not None and child._popen is not None:
         child._timer = gevent.get_hub().loop.timer(timeout)
         child._timer.start(child.kill, kill_signal)
     return child
+
+
+def resolve_module(module: Union[str, "os.PathLike[str]"], cwd: Optional[str] = None) -> str:
+    """The script ``fork()`` runs for ``module``: an absolute path, or a module name.
+
+    A name ending in ``.py``, holding a path separator, or naming something
+    that exists is a path, taken from ``cwd`` (default: the current
+    directory) when relative; anything else is a dotted module name, which
+    the child looks up.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or is a folder without
+            a ``__main__.py``; the message names the absolute path tried.
+    """
+    name = os.fspath(module)
+    base = os.path.abspath(cwd) if cwd is not None else os.getcwd()
+    path = os.path.normpath(os.path.join(base, name))
+    if not (name.endswith(".py") or os.sep in name or os.path.exists(path)):
+        return name
+    runnable = os.path.isfile(path) or os.path.isfile(os.path.join(path, "__main__.py"))
+    if not runnable:
+        what = "no __main__.py in this folder" if os.path.isdir(path) else "no such file"
+        if not os.path.isabs(name):
+            base_name = f"cwd={cwd!r}" if cwd is not None else "the current directory"
+            what += f" ({name!r} taken from {base_name})"
+        raise FileNotFoundError(errno.ENOENT, f"cannot fork: {what}", path)
+    return path
+
+
+def signal_number(sig: SignalLike) -> int:
+    """The number of ``sig``: a number, a ``signal.Signals``, or a name (``'SIGKILL'``, ``'KILL'``).
+
+    Raises:
+        ValueError: no such signal.
+        TypeError: neither a number nor a string.
+    """
+    if isinstance(sig, str):
+        name = sig if sig.startswith("SIG") else f"SIG{sig}"
+        number = getattr(_signal.Signals, name, None) if not name.startswith("SIG_") else None
+        if number is None:
+            raise ValueError(f"unknown signal {sig!r}")
+        return int(number)
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"a signal is a number or a name such as 'SIGKILL', not {type(sig).__name__}")
+    if sig != 0 and sig not in _signal.valid_signals():
+        raise ValueError(f"unknown signal {sig}")
+    return int(sig)
+
+
+def _stdio(silent: bool, stdio: Union[str, Sequence[str], None]) -> tuple:
+    """``fork()``'s ``silent`` / ``stdio`` as three entries of ``_STDIO``."""
+    if stdio is None:
+        return ("pipe",) * 3 if silent else ("inherit",) * 3
+    if silent:
+        raise TypeError("fork() takes silent=True or stdio, not both")
+    entries = [stdio] * 3 if isinstance(stdio, str) else [e for e in stdio if e != "ipc"]
+    if len(entries) != 3 or not all(isinstance(e, str) and e in _STDIO for e in entries):
+        raise ValueError(
+            f"stdio must be three of {sorted(_STDIO)} (stdin, stdout, stderr), not {stdio!r}"
+        )
+    return tuple(entries)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Hold SIGINT while a child is started; the child starts with it blocked.
+
+    Ctrl-C signals the whole process group, the child too, and a child that
+    gets it before its runner is ready would print a ``KeyboardInterrupt``
+    traceback from inside its start-up (``patch_all()`` alone takes 0.3 s).
+    Blocked, the signal waits: the runner unblocks it once SIGINT ends the
+    process quietly. Ours is delivered when the block ends here.
+    """
+    if not hasattr(_signal, "pthread_sigmask"):
+        yield
+        return
+    previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+    try:
+        yield
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
 
 
 def _make_importable(env: dict) -> None:

@@ -296,15 +296,15 @@ def test_disconnect(spawn_child, side):
     # The child's 'disconnect' listener exits with the number of messages it got.
     assert child.wait(timeout=TIMEOUT) == (100 if side == "parent" else 101)
 
-    failed = AsyncResult()
-    assert child.send("too late", callback=failed.set) is False
-    err = failed.get(timeout=TIMEOUT)
-    assert isinstance(err, ChannelClosedError) and err.code == "ERR_IPC_CHANNEL_CLOSED"
-    assert isinstance(err, GeventforkError)
-    emitted = next_event(child, "error")  # without a callback: 'error'
-    assert child.send("too late") is False
-    (err,) = emitted.get(timeout=TIMEOUT)
-    assert isinstance(err, ChannelClosedError)
+    # A channel known to be closed: send() raises, with or without a callback.
+    called = []
+    with pytest.raises(ChannelClosedError) as info:
+        child.send("too late", callback=called.append)
+    assert info.value.code == "ERR_IPC_CHANNEL_CLOSED" and isinstance(info.value, GeventforkError)
+    with pytest.raises(ChannelClosedError):
+        child.send("too late")
+    gevent.sleep(0.05)
+    assert called == []
 
 
 # -- ref / unref ----------------------------------------------------------
@@ -329,3 +329,168 @@ def test_unref_lets_the_parent_exit(popen, calls, exits):
         assert wait_gone(child_pid), "the orphaned child did not exit with its channel"
     finally:
         kill_quietly(child_pid)
+
+
+# -- kill() by name, wait() after 'exit' ----------------------------------
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "KILL", signal.SIGKILL, int(signal.SIGKILL)])
+def test_kill_takes_a_number_a_signals_or_a_name(spawn_child, sig):
+    child = spawn_child("sleeper.py")
+    assert child.kill(sig) is True
+    assert child.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    assert (child.exit_code, child.signal_code, child.killed) == (None, "SIGKILL", True)
+    assert child.kill("SIGKILL") is False  # gone
+
+
+@pytest.mark.parametrize(
+    "sig, error, message",
+    [
+        ("SIGNOPE", ValueError, "unknown signal 'SIGNOPE'"),
+        ("sigkill", ValueError, "unknown signal 'sigkill'"),  # as Node: names are upper case
+        (99999, ValueError, "unknown signal 99999"),
+        (9.0, TypeError, "a signal is a number or a name such as 'SIGKILL', not float"),
+    ],
+)
+def test_kill_rejects_an_unknown_signal(spawn_child, sig, error, message):
+    child = spawn_child("sleeper.py")
+    with pytest.raises(error) as info:
+        child.kill(sig)
+    assert str(info.value) == message
+    assert child.connected and child.exit_code is None  # nothing was sent
+
+
+def test_kill_signal_option_takes_a_name(spawn_child):
+    child = spawn_child("sleeper.py", timeout=0.2, kill_signal="SIGKILL")
+    assert child.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    with pytest.raises(ValueError, match="unknown signal 'SIGNOPE'"):
+        geventfork.fork(os.path.join(CHILDREN_DIR, "sleeper.py"), kill_signal="SIGNOPE")
+
+
+def test_wait_returns_after_the_exit_listeners(spawn_child):
+    child = spawn_child("exit_with.py", 7)
+    events = []
+
+    @child.on("exit")
+    def slow_listener(code, signal_code):
+        gevent.sleep(0.2)  # a listener that yields must still finish first
+        events.append(("exit", code, signal_code))
+
+    assert child.wait(timeout=TIMEOUT) == 7
+    assert events == [("exit", 7, None)]
+    assert (child.exit_code, child.signal_code) == (7, None)
+    assert child.wait(timeout=0) == 7  # again, at once
+
+
+def test_wait_from_an_exit_listener_returns_at_once(spawn_child):
+    child = spawn_child("exit_with.py", 5)
+    waited = AsyncResult()
+    child.on("exit", lambda code, signal_code: waited.set(child.wait(timeout=1)))
+    assert waited.get(timeout=TIMEOUT) == 5
+
+
+def test_wait_times_out(spawn_child):
+    child = spawn_child("sleeper.py")
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(timeout=0.1)
+
+
+# -- stdio ----------------------------------------------------------------
+
+
+def read_all(stream):
+    with gevent.Timeout(TIMEOUT):
+        return stream.read()
+
+
+def test_stdio_ignore_inherit_pipe(spawn_child, capfd):
+    # Pool keeps the tail of a worker's stderr this way (stdout inherited).
+    child = spawn_child("pipe_stdio.py", stdio=("ignore", "inherit", "pipe"))
+    assert child.stdin is None and child.stdout is None
+    assert read_all(child.stderr) == b"to stderr\n"
+    assert child.wait(timeout=TIMEOUT) == 0
+    out, err = capfd.readouterr()
+    assert out == "to stdout\nstdin: ''\n" and "to stderr" not in err
+
+
+def test_stdio_pipe_ignore_ignore(spawn_child, capfd):
+    child = spawn_child("pipe_stdio.py", stdio=["pipe", "ignore", "ignore", "ipc"])  # Node's form
+    assert child.stdout is None and child.stderr is None
+    child.stdin.write(b"hello")
+    child.stdin.close()
+    assert child.wait(timeout=TIMEOUT) == 0
+    out, err = capfd.readouterr()
+    assert "to stdout" not in out and "to stderr" not in err
+
+
+@pytest.mark.parametrize("options", [{"stdio": "pipe"}, {"silent": True}, {"stdio": ("pipe",) * 3}])
+def test_stdio_pipe_is_silent(spawn_child, options):
+    child = spawn_child("pipe_stdio.py", **options)
+    child.stdin.close()
+    assert read_all(child.stdout) == b"to stdout\nstdin: ''\n"
+    assert read_all(child.stderr) == b"to stderr\n"
+    assert child.wait(timeout=TIMEOUT) == 0
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"silent": True, "stdio": "pipe"}, TypeError),
+        ({"stdio": ("pipe", "pipe")}, ValueError),
+        ({"stdio": ("pipe", "pipe", "tty")}, ValueError),
+        ({"stdio": ("pipe", "pipe", 1)}, ValueError),
+    ],
+)
+def test_bad_stdio_raises_before_starting(children, options, error):
+    with pytest.raises(error):
+        children.append(geventfork.fork(os.path.join(CHILDREN_DIR, "echo.py"), **options))
+    assert children == []
+
+
+# -- a script that does not exist -----------------------------------------
+
+
+def child_pids():
+    return {int(name) for name in os.listdir("/proc") if name.isdigit()
+            and _ppid(name) == os.getpid()}
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+@pytest.mark.parametrize("cwd", [None, "given"])
+def test_fork_of_a_missing_file_raises_at_once(tmp_path, monkeypatch, cwd):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    options = {"cwd": str(tmp_path / "elsewhere")} if cwd else {}
+    before = child_pids()
+    with pytest.raises(FileNotFoundError) as info:
+        geventfork.fork("nope.py", **options)
+    tried = tmp_path / "elsewhere" / "nope.py" if cwd else tmp_path / "nope.py"
+    assert info.value.filename == str(tried)
+    where = f"cwd={str(tmp_path / 'elsewhere')!r}" if cwd else "the current directory"
+    assert str(info.value) == f"[Errno 2] cannot fork: no such file ('nope.py' taken from {where}): '{tried}'"
+    assert child_pids() == before  # no process started
+
+
+def test_fork_resolves_a_relative_path_from_the_current_directory(children, monkeypatch):
+    monkeypatch.chdir(CHILDREN_DIR)
+    child = geventfork.fork("echo.py")
+    children.append(child)
+    assert child.spawnargs[-1] == os.path.join(CHILDREN_DIR, "echo.py")  # as Node's argv[1]
+    replies = inbox(child)
+    child.send("found")
+    assert take(replies) == ["found"]
+
+
+def test_pool_of_a_missing_file_raises_at_once(tmp_path):
+    before = child_pids()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        geventfork.Pool(str(tmp_path / "nope.py"), 2)
+    assert child_pids() == before

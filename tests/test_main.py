@@ -244,3 +244,167 @@ def test_what_the_runner_imports_before_patching(popen):
         "time", "gevent", "greenlet",
     }
     assert not {name for name in loaded if name.split(".")[0] in patched}
+
+
+# -- the command line -----------------------------------------------------
+
+
+def test_help_lists_usage_commands_and_the_readme(popen):
+    for option in ("--help", "-h"):
+        code, out, err = run(popen, "-m", "geventfork", option)
+        assert (code, err) == (0, "")
+        assert out.startswith("usage: geventfork")
+        assert "run SCRIPT [ARGS...]" in out and "--version" in out and "README" in out
+
+
+def test_version_comes_from_the_package(popen):
+    import geventfork
+
+    for option in ("--version", "-V"):
+        assert run(popen, "-m", "geventfork", option) == (0, f"geventfork {geventfork.__version__}\n", "")
+    with open(os.path.join(os.path.dirname(CHILDREN_DIR), "..", "setup.cfg")) as f:
+        assert "version = attr: geventfork.__version__" in f.read()  # one source
+
+
+def test_run_command_is_the_same_as_a_script(popen, tmp_path):
+    path = script(tmp_path, "import sys\nprint(sys.argv[1:])\nsys.exit(3)")
+    assert run(popen, "-m", "geventfork", "run", path, "a", "--b") == (3, "['a', '--b']\n", "")
+    assert run(popen, "-m", "geventfork", path, "a", "--b") == (3, "['a', '--b']\n", "")
+
+
+def test_a_script_named_like_a_command_is_given_with_its_folder(popen, tmp_path):
+    script(tmp_path, "print('the script named run')", name="run")
+    assert run(popen, "-m", "geventfork", "./run", cwd=str(tmp_path)) == (0, "the script named run\n", "")
+    code, _, err = run(popen, "-m", "geventfork", "run", cwd=str(tmp_path))
+    assert code == 2 and err.startswith("usage:") and "SCRIPT is missing" in err
+
+
+def test_unknown_option_is_a_usage_error(popen):
+    code, out, err = run(popen, "-m", "geventfork", "--frobnicate", "x.py")
+    assert (code, out) == (2, "") and err.startswith("usage:")
+    assert err.splitlines()[-1] == "geventfork: error: unknown option --frobnicate"
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("missing.py", "geventfork: can't open file {path!r}: [Errno 2] No such file or directory"),
+        ("folder", "geventfork: can't find '__main__' module in {path!r}"),
+        ("no_such_module_here", "geventfork: No module named 'no_such_module_here'"),
+        ("no_such_package.sub", "geventfork: No module named 'no_such_package'"),
+    ],
+)
+def test_a_missing_script_or_module_is_one_line_and_status_2(popen, tmp_path, target, message):
+    (tmp_path / "folder").mkdir()
+    code, out, err = run(popen, "-m", "geventfork", target, cwd=str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err == message.format(path=str(tmp_path / target)) + "\n"
+
+
+def test_a_scripts_traceback_starts_at_the_script(popen, tmp_path):
+    path = script(tmp_path, """\
+        def fail():
+            raise ValueError("boom")
+
+        fail()
+    """)
+    code, _, err = run(popen, "-m", "geventfork", path)
+    _, _, plain = run(popen, path)
+    assert code == 1
+    assert err == plain  # the same as plain python: no frame of the runner
+    lines = err.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1] == f'  File "{path}", line 4, in <module>'
+    assert "geventfork" not in err and "runpy" not in err
+
+
+def test_a_modules_traceback_starts_at_the_module(popen, tmp_path):
+    (tmp_path / "failing.py").write_text("raise KeyError('k')\n")
+    code, _, err = run(popen, "-m", "geventfork", "failing", cwd=str(tmp_path))
+    assert code == 1
+    assert err.splitlines()[:2] == [
+        "Traceback (most recent call last):",
+        f'  File "{tmp_path / "failing.py"}", line 1, in <module>',
+    ]
+
+
+def test_a_syntax_error_is_shown_as_python_shows_it(popen, tmp_path):
+    path = script(tmp_path, "def broken(:\n    pass\n")
+    code, _, err = run(popen, "-m", "geventfork", path)
+    assert code == 1
+    assert err == run(popen, path)[2]
+    assert "SyntaxError" in err and "geventfork" not in err
+
+
+# -- the top level closed fds ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nr, w = os.pipe()\nos.close(r)\nos.close(w)\n",
+        "import os, socket\na, b = socket.socketpair()\nos.close(a.detach())\nos.close(b.detach())\n",
+    ],
+    ids=["pipe", "socketpair"],
+)
+def test_exits_after_the_top_level_closed_fds(popen, tmp_path, source):
+    # gevent >= 25.8.1 defers these closes to a loop watcher; plain python exits at once.
+    path = script(tmp_path, source + "print('done')")
+    proc = start(popen, "-m", "geventfork", path)
+    out, err = proc.communicate(timeout=2)  # hung forever before the fix
+    assert (proc.returncode, out, err) == (0, b"done\n", b"")
+
+
+# -- a user's file named after a standard module ---------------------------
+
+SHADOW = """\
+print("the user's {name}.py was imported")
+"""
+
+USES_SUBPROCESS = """\
+import os
+import subprocess
+
+from gevent import monkey
+
+import geventfork
+
+child = geventfork.fork("child.py")
+child.on("message", lambda message, handle: (print("child says", message), child.disconnect()))
+print("parent sees the standard subprocess:", hasattr(subprocess, "Popen"),
+      monkey.is_module_patched("subprocess"))
+"""
+
+CHILD = """\
+import subprocess
+
+from gevent import monkey
+
+from geventfork import process
+
+process.send(["standard subprocess", hasattr(subprocess, "Popen"),
+              monkey.is_module_patched("socket")])
+"""
+
+
+@pytest.mark.parametrize("name", ["subprocess", "socket", "select"])
+def test_a_user_file_named_after_a_standard_module(popen, tmp_path, name):
+    # Node's example calls its child subprocess.js; ours, subprocess.py. It
+    # sits in the current directory, which `python -m` puts on sys.path.
+    script(tmp_path, SHADOW.format(name=name), name=f"{name}.py")
+    script(tmp_path, USES_SUBPROCESS, name="parent.py")
+    script(tmp_path, CHILD, name="child.py")
+    code, out, err = run(popen, "-m", "geventfork", "parent.py", cwd=str(tmp_path))
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "parent sees the standard subprocess: True True",
+        "child says ['standard subprocess', True, True]",
+    ]
+
+
+def test_the_scripts_folder_is_first_on_sys_path(popen, tmp_path):
+    # As with `python script.py`: the script imports its neighbours.
+    (tmp_path / "sub").mkdir()
+    script(tmp_path, "VALUE = 42\n", name="sub/neighbour.py")
+    path = script(tmp_path, "import sys, neighbour\nprint(neighbour.VALUE, sys.path[0])", name="sub/main.py")
+    assert run(popen, "-m", "geventfork", path) == (0, f"42 {tmp_path / 'sub'}\n", "")

@@ -81,7 +81,7 @@ def test_oversized_frame_from_the_child_is_a_protocol_error_and_closes(child):
     assert err.data == oversized_frame()[:64]
     assert disconnected.get(timeout=TIMEOUT) == ()
     assert not child.connected
-    with pytest.raises(ChannelClosedError):
+    with pytest.raises(ChannelClosedError):  # known to be closed: raised at once
         child.send("too late", callback=closed.append)
     assert closed == []
     assert child.wait(timeout=TIMEOUT) == 0  # its channel closed: nothing kept it

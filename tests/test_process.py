@@ -20,6 +20,7 @@ from helpers import (
     TIMEOUT,
     MiB,
     inbox,
+    gone,
     kill_quietly,
     next_event,
     python_env,
@@ -146,3 +147,40 @@ def test_send_with_callback_as_the_top_level_returns(spawn_child):
     # Nothing listens in the child, yet the runner flushes all of it before exiting.
     assert take(replies, 3) == ["x" * (16 * MiB), False, "None"]
     assert child.wait(timeout=TIMEOUT) == 0
+
+
+def _fds(pid):
+    """What each fd of ``pid`` points at."""
+    fds = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return fds
+
+
+def test_a_grandchild_does_not_inherit_the_channel(spawn_child, tmp_path):
+    # A worker that starts `sleep 6 &` and exits: its channel used to live on
+    # in the sleep, and the parent saw the worker disconnect 6 s later.
+    pid_file = tmp_path / "grandchild.pid"
+    child = spawn_child("spawn_grandchild.py", pid_file)
+    replies = inbox(child)
+    disconnected = next_event(child, "disconnect")
+    (report,) = take(replies)
+    assert report["inheritable"] is False
+    assert report["env"] == []  # GEVENTFORK_CHANNEL_FD and the others are gone
+    try:
+        disconnected.get(timeout=2)  # promptly, not when the sleep ends
+        assert child.wait(timeout=2) == 0
+        with gevent.Timeout(TIMEOUT):
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                gevent.sleep(0.01)
+        grandchild = int(pid_file.read_text())
+        assert not gone(grandchild), "the grandchild should still be sleeping"
+        assert f"socket:[{report['inode']}]" not in _fds(grandchild)
+        with open(f"/proc/{grandchild}/environ", "rb") as f:
+            assert b"GEVENTFORK_" not in f.read()
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip():
+            kill_quietly(int(pid_file.read_text()))

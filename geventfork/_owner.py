@@ -1,0 +1,108 @@
+"""What ``ChildProcess`` and ``process`` add to ``ChannelOwner``: ``send()``'s checks.
+
+One rule for both ends: a caller's mistake (a ``callback`` that is not
+callable, ``options`` that are not a mapping) is a ``TypeError``, and a send
+on a channel already known to be closed is a ``ChannelClosedError``, raised
+at once, before anything is queued. A channel that closes after ``send()``
+returned reports through the callback, or ``'error'``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from ._channel import Callback, ChannelOwner
+from .errors import ChannelClosedError
+
+__all__ = ["Owner", "check_send_arguments"]
+
+
+def check_send_arguments(options: Any, callback: Any) -> None:
+    """Raise ``TypeError`` unless ``options`` and ``callback`` are what ``send()`` takes.
+
+    Raises:
+        TypeError: ``options`` is neither None nor a mapping, or ``callback``
+            is neither None nor callable.
+    """
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(
+            f"send() options must be a mapping such as {{'keep_open': True}}, "
+            f"not {type(options).__name__}"
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"send() callback must be callable or None, not {type(callback).__name__}")
+
+
+class Owner(ChannelOwner):
+    """A ``ChannelOwner`` whose ``send()`` checks its arguments and the channel first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._disconnect_called = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether ``send()`` can still send: False once it would raise ``ChannelClosedError``."""
+        return self._closed_reason() is None
+
+    def send(
+        self,
+        message: Any,
+        handle: Any = None,
+        options: Optional[Mapping] = None,
+        callback: Optional[Callback] = None,
+    ) -> bool:
+        """Queue ``message``, and optionally a handle, for the other end.
+
+        Like Node's ``subprocess.send()``, except that a send on a channel
+        already known to be closed raises (Node emits ``'error'``, or throws
+        for ``process.send`` with no channel). Never blocks the calling
+        greenlet.
+
+        Args:
+            message: anything the channel's serialization can encode.
+            handle: a ``net.Socket``, ``net.Server`` or socket to pass along.
+            options: a mapping; ``{"keep_open": True}`` keeps our copy of a
+                sent socket.
+            callback: ``callback(err)``, called once: ``None`` when the
+                message is handed to the kernel (with a handle: when the
+                receiver acknowledged it), or the error, such as
+                ``ChannelClosedError`` when the channel closed first.
+                Without one, such an error is emitted as ``'error'``.
+
+        Returns:
+            False once the queue is past its high-water mark, True otherwise.
+
+        Raises:
+            TypeError: ``options`` is not a mapping, or ``callback`` is not
+                callable.
+            ChannelClosedError: the channel is already closed (the other end
+                exited or disconnected, ``disconnect()`` was called, or there
+                never was a channel); nothing was queued.
+            InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
+            SerializationError: ``message`` cannot be serialised.
+        """
+        check_send_arguments(options, callback)
+        reason = self._closed_reason()
+        if reason is not None or self.channel is None:
+            raise ChannelClosedError(f"cannot send: {reason or 'there is no IPC channel'}")
+        return self.channel.send(message, handle, options, callback)  # type: ignore[arg-type]
+
+    def disconnect(self) -> None:
+        """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
+        if self.channel is not None and self.channel.connected:
+            self._disconnect_called = True
+        super().disconnect()
+
+    def _closed_reason(self) -> Optional[str]:
+        """Why nothing can be sent any more, or None while something can.
+
+        Subclasses say more (never started, exited); this covers the channel.
+        """
+        if self.channel is None:
+            return "there is no IPC channel"
+        if not self.channel.connected:
+            if self._disconnect_called:
+                return "the IPC channel is closed (disconnect() was called)"
+            return "the IPC channel is closed"
+        return None
