@@ -8,26 +8,52 @@ process alive, the way libuv handles do in Node.
 """
 from __future__ import annotations
 
+import enum
+import errno
+import logging
 import socket
 import sys
+import time
 from array import array
 from collections import deque
+from functools import partial
 from itertools import islice
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import gevent
 from gevent import get_hub
 
 from . import _handles, _platform, _wire
 from ._dispatch import submit
-from ._serialization import Codec, by_id
-from .errors import ChannelClosedError, ProtocolError, SerializationError
+from ._serialization import Codec, describe
+from .errors import (
+    ChannelBusyError,
+    ChannelClosedError,
+    HandleLostError,
+    ProtocolError,
+    SerializationError,
+)
 from .events import EventEmitter
 
-__all__ = ["Channel", "ChannelOwner", "HIGH_WATER_MARK"]
+__all__ = ["Channel", "ChannelOwner", "HIGH_WATER_MARK", "MAX_QUEUED", "HANDLE_WEIGHT"]
 
-#: ``send()`` returns False once this many bytes are queued (Node: 128 KiB).
+log = logging.getLogger("geventfork")
+
+#: ``send()`` returns False once this many bytes are queued, counting each
+#: handle awaiting its acknowledgment as ``HANDLE_WEIGHT`` bytes (Node: 128 KiB).
 HIGH_WATER_MARK = 128 * 1024
+#: What a handle awaiting acknowledgment counts for, in bytes: it holds an fd
+#: (and, for a socket, a client) rather than memory, so 128 of them in flight
+#: to a worker that does not answer reach the high-water mark.
+HANDLE_WEIGHT = 1024
+#: Default ``max_queued``: past it, ``send()`` raises ``ChannelBusyError``
+#: rather than let a peer that does not read grow the queue without bound.
+MAX_QUEUED = 64 * 1024 * 1024
+#: The reader hands the hub back after this many frames, or after
+#: ``READ_SLICE`` seconds, so a peer flooding the channel cannot starve the
+#: process's other greenlets (a flood once held the hub for 152 ms).
+READ_BATCH = 64
+READ_SLICE = 0.001
 #: Bytes asked of one ``recvmsg``. gipc reads 64 KiB; larger reads halve the
 #: syscalls for streams of small messages and for multi-MiB messages.
 READ_SIZE = 256 * 1024
@@ -39,20 +65,64 @@ MAX_IOV = 512
 _ANC_SIZE = _platform.anc_buffer_size()
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _CTRUNC = int(socket.MSG_CTRUNC)
-_pack_header = _wire.HEADER.pack
+_encode_message = _wire.encode_message
 _MESSAGE = _wire.MESSAGE
+#: ``sendmsg`` errors that say the channel itself is gone; any other error of a
+#: send that carries fds is about those fds, and fails that message only.
+_BROKEN = frozenset((errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN))
 Callback = Callable[[Optional[BaseException]], Any]
 
 
+class State(enum.Enum):
+    """Where a channel is in its life; ``Channel._to`` is the only place it changes.
+
+    ::
+
+        OPEN ──disconnect()──> DISCONNECTING ──queue written, no handle held──> HALF_CLOSED
+          │                        │                                                │
+          └─ close(), the peer's EOF, an error, a bad frame ─────────────────────> CLOSED
+
+    * OPEN: messages go both ways.
+    * DISCONNECTING: ``disconnect()`` was called. ``send()`` raises; what is
+      queued is written, and DONE for every handle we still hold whose
+      sender asked for it; nothing that needs an ACK is taken any more.
+    * HALF_CLOSED: our write side is shut down; we read the peer's ACKs
+      until its EOF.
+    * CLOSED: the socket is closed; every queued or unacknowledged send
+      has failed.
+
+    The owner hears ``'disconnect'`` once, on leaving OPEN or DISCONNECTING
+    for HALF_CLOSED or CLOSED.
+    """
+
+    OPEN = "open"
+    DISCONNECTING = "disconnecting"
+    HALF_CLOSED = "half-closed"
+    CLOSED = "closed"
+
+
+_SHUTTING = (State.DISCONNECTING, State.HALF_CLOSED)
+
+
 class _Pending:
-    """A sent handle waiting for the receiver's ACK."""
+    """A sent message waiting for the receiver's ACK: one with a handle, or one
+    sent with ``acknowledge=True``."""
 
-    __slots__ = ("callback", "release", "keep_open")
+    __slots__ = ("callback", "handle", "outgoing", "keep_open", "on_done")
 
-    def __init__(self, callback: Optional[Callback], release: Callable, keep_open: bool):
+    def __init__(
+        self,
+        callback: Optional[Callback],
+        handle: Any,
+        outgoing: Optional[_handles.Outgoing],
+        keep_open: bool,
+        on_done: Optional[Callable[[], Any]],
+    ) -> None:
         self.callback = callback
-        self.release = release
+        self.handle = handle
+        self.outgoing = outgoing
         self.keep_open = keep_open
+        self.on_done = on_done
 
 
 class Channel:
@@ -67,6 +137,9 @@ class Channel:
             frame names).
         max_size: the largest message payload sent or accepted.
         ref: whether the channel keeps the process alive to begin with.
+        max_queued: the most bytes ``send()`` queues (handles awaiting their
+            acknowledgment count ``HANDLE_WEIGHT`` each) before it raises
+            ``ChannelBusyError``.
     """
 
     def __init__(
@@ -76,6 +149,7 @@ class Channel:
         codec: Codec,
         max_size: int = _wire.MAX_FRAME_SIZE,
         ref: bool = True,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -83,21 +157,22 @@ class Channel:
         self._owner = owner
         self._codec = codec
         self.max_size = max_size
+        self.max_queued = max_queued
         self._decoder = _wire.Decoder(max_size, _platform.close_quietly)
         loop = self._loop = get_hub().loop
         self._counts_turns = hasattr(loop, "iteration")  # libev's loop does, libuv's not
         self._written_in = -1  # the loop iteration of the last _write_now
         self._read_watcher = loop.io(self._fd, 1)
         self._write_watcher = loop.io(self._fd, 2)
-        self._queue: deque = deque()  # [data, fds, callback-or-None]
+        self._queue: deque = deque()  # [data, fds, callback-or-None, ident]
         self._queued_bytes = 0
         self._flush_scheduled = False
         self._awaiting: dict = {}  # ident -> _Pending
+        self._handles_awaiting = 0  # of _awaiting, those carrying a handle
+        self._tracked: dict = {}  # ident -> on_done, once the receiver has the handle
+        self._holding: set = set()  # idents of received handles whose sender awaits DONE
         self._next_ident = 0
-        self.connected = True
-        self._closing = False  # disconnect() was called
-        self._closed = False
-        self._announced = False
+        self.state = State.OPEN
         self._refs = 0
         self._explicit_ref: Optional[bool] = None
         self._default_ref = ref
@@ -106,9 +181,14 @@ class Channel:
 
     # -- public ---------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """Whether ``send()`` may be called: the channel is OPEN."""
+        return self.state is State.OPEN
+
     def fileno(self) -> int:
         """The channel's file descriptor (-1 once closed)."""
-        return -1 if self._closed else self._fd
+        return -1 if self.state is State.CLOSED else self._fd
 
     def ref(self) -> None:
         """Keep the process alive while the channel is open."""
@@ -126,53 +206,89 @@ class Channel:
         handle: Any = None,
         options: Optional[dict] = None,
         callback: Optional[Callback] = None,
+        *,
+        acknowledge: bool = False,
+        on_done: Optional[Callable[[], Any]] = None,
     ) -> bool:
-        """Queue ``message`` (and ``handle``) for the peer; see ``ChildProcess.send``."""
+        """Queue ``message`` (and ``handle``) for the peer; see ``ChildProcess.send``.
+
+        Args:
+            acknowledge: for a message without a handle, ask the receiver for
+                an ACK on receipt; ``callback(None)`` then waits for it (a
+                message with a handle is always acknowledged).
+            on_done: with a ``net.Socket`` handle, called (no arguments) once
+                the receiving process is done with the connection, so that a
+                sender that kept its copy (``keep_open``) may close it. Never
+                called if the channel closes first.
+
+        Raises:
+            ChannelClosedError: the channel is already closed or disconnecting.
+            ChannelBusyError: ``max_queued`` would be passed; nothing was queued.
+            SerializationError: ``message`` cannot be encoded, or is too big.
+            InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
+            ValueError: ``handle`` is already on its way somewhere.
+        """
         if not self.connected:
-            self._finish([(callback, ChannelClosedError("the IPC channel is closed"))])
-            return False
+            raise ChannelClosedError("the IPC channel is closed")
         payload = self._codec.dumps(message)
         if len(payload) > self.max_size:
             raise SerializationError(
                 f"message of {len(payload)} bytes is over the channel's "
                 f"{self.max_size}-byte limit"
             )
+        queued = self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT
+        if queued + len(payload) > self.max_queued:
+            raise ChannelBusyError(
+                f"{queued} bytes are queued for the peer: a message of {len(payload)} "
+                f"bytes would pass the channel's max_queued of {self.max_queued}"
+            )
+        # Later plain messages of this turn of the loop coalesce behind the first.
+        now = not self._flush_scheduled and (
+            not self._counts_turns or self._loop.iteration != self._written_in
+        )
+        if handle is None and not acknowledge:
+            data = _encode_message(payload, self._codec.ident)
+            return self._send_frame(data, (), callback, 0, now)
         # Last of the checks: to_wire() takes a net.Socket over (stops its
         # reader), which a send that then raised must not have done.
-        out = _handles.to_wire(handle) if handle is not None else None
+        out = _handles.to_wire(handle, track=on_done is not None) if handle is not None else None
+        ident = self._new_ident()
+        keep_open = bool(options and options.get("keep_open"))
+        self._awaiting[ident] = _Pending(callback, handle, out, keep_open, on_done)
         if out is None:
-            data = _pack_header(len(payload), _MESSAGE, self._codec.ident, 0, 0, 0, 0) + payload
-            fds: tuple = ()
-            # Later plain messages of this turn of the loop coalesce behind it.
-            now = not self._flush_scheduled and (
-                not self._counts_turns or self._loop.iteration != self._written_in
-            )
-        else:
-            self._next_ident = self._next_ident % 0xFFFFFFFF + 1
-            ident = self._next_ident
-            keep_open = bool(options and options.get("keep_open"))
-            self._awaiting[ident] = _Pending(callback, out.release, keep_open)
-            callback = None  # called on the ACK instead
-            data = _pack_header(
-                len(payload), _MESSAGE, self._codec.ident, out.code, out.flags, 1, ident
-            ) + payload
-            fds = (out.fd,)
-            now = True  # its fd needs a sendmsg of its own anyway
+            data = _encode_message(payload, self._codec.ident, ident)
+            return self._send_frame(data, (), None, ident, now)
+        self._handles_awaiting += 1
+        data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
+        return self._send_frame(data, (out.fd,), None, ident, True)  # its fd needs a sendmsg of its own
+
+    def _new_ident(self) -> int:
+        ident = self._next_ident
+        while True:
+            ident = ident % 0xFFFFFFFF + 1
+            if ident not in self._awaiting and ident not in self._tracked:
+                self._next_ident = ident
+                return ident
+
+    def _send_frame(
+        self, data: bytes, fds: tuple, callback: Optional[Callback], ident: int, now: bool
+    ) -> bool:
+        """Write a frame at once if ``now`` and nothing is queued, else queue it."""
         if now and not self._queue and not self._write_watcher.active:
             data, fds = self._write_now(data, fds, callback)
             if not data:
-                return self._queued_bytes < HIGH_WATER_MARK
-        self._enqueue(data, fds, callback)
-        return self._queued_bytes < HIGH_WATER_MARK
+                return self._below_high_water()
+        self._enqueue(data, fds, callback, ident)
+        return self._below_high_water()
+
+    def _below_high_water(self) -> bool:
+        return self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT < HIGH_WATER_MARK
 
     def disconnect(self) -> None:
         """Flush what is queued, then close; both ends get ``'disconnect'``."""
-        if not self.connected:
-            return
-        self.connected = False
-        self._closing = True
-        self._apply_ref()
-        self._schedule_flush()
+        if self.state is State.OPEN:
+            self._to(State.DISCONNECTING)
+            self._schedule_flush()
 
     def close(self) -> None:
         """Close at once: queued messages and unacknowledged handles fail."""
@@ -180,8 +296,8 @@ class Channel:
 
     # -- writing --------------------------------------------------------
 
-    def _enqueue(self, data: Any, fds: tuple, callback: Optional[Callback]) -> None:
-        self._queue.append([data, fds, callback])
+    def _enqueue(self, data: Any, fds: tuple, callback: Optional[Callback], ident: int = 0) -> None:
+        self._queue.append([data, fds, callback, ident])
         self._queued_bytes += len(data)
         if not self._flush_scheduled:
             self._schedule_flush()
@@ -226,7 +342,7 @@ class Channel:
     def _flush(self) -> None:
         """Write what the socket takes now (never blocks)."""
         self._write_watcher.stop()
-        if self._closed:
+        if self.state is State.CLOSED:
             return
         done: list = []
         try:
@@ -236,7 +352,7 @@ class Channel:
             self._shut_down(ChannelClosedError(f"the IPC channel broke: {exc}"))
             return
         self._finish(done)
-        if self._closing and not self._queue:
+        if self.state is State.DISCONNECTING and not self._queue and not self._holding:
             self._half_close()
 
     def _write_some(self, done: list) -> None:
@@ -255,6 +371,11 @@ class Channel:
                 sent = sock.sendmsg(buffers, anc)
             except BlockingIOError:
                 sent = 0
+            except OSError as exc:
+                if not first[1] or exc.errno in _BROKEN:
+                    raise
+                self._drop_first(exc, done)  # its fds were refused: fail it alone
+                continue
             if not sent:
                 self._write_watcher.start(self._flush)
                 return
@@ -271,13 +392,23 @@ class Channel:
                 if item[2] is not None:
                     done.append((item[2], None))
 
+    def _drop_first(self, exc: OSError, done: list) -> None:
+        """Fail the queue's first message, whose fds ``sendmsg`` refused."""
+        data, _fds, callback, ident = self._queue.popleft()
+        self._queued_bytes -= len(data)
+        pending = self._awaiting.pop(ident, None)
+        if pending is not None:
+            self._lost(pending, exc, done)
+        elif callback is not None:
+            done.append((callback, exc))
+
     def _half_close(self) -> None:
         """Our side is done writing: tell the peer, keep reading its ACKs."""
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self._announce()
+        self._to(State.HALF_CLOSED)
 
     # -- reading --------------------------------------------------------
 
@@ -287,8 +418,9 @@ class Channel:
         # than the read itself for a small message: read into one buffer.
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
+        slice_end = time.monotonic() + READ_SLICE
         try:
-            while not self._closed:
+            while self.state is not State.CLOSED:
                 try:
                     size, anc, flags, _ = sock.recvmsg_into(
                         (buffer,), _ANC_SIZE, _platform.RECV_FLAGS
@@ -296,9 +428,10 @@ class Channel:
                     data = view[:size]
                 except BlockingIOError:
                     hub.wait(watcher)
+                    slice_end = time.monotonic() + READ_SLICE
                     continue
                 except (ConnectionResetError, OSError) as exc:
-                    if self._closed:
+                    if self.state is State.CLOSED:
                         return
                     raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
                 fds = _platform.fds_from_ancillary(anc) if anc else ()
@@ -306,13 +439,22 @@ class Channel:
                     decoder.receive_data(data, fds, bool(flags & _CTRUNC))
                 else:
                     decoder.receive_eof()
-                if not self._dispatch():
-                    self._shut_down(None)
-                    return
-                if size < READ_SIZE and not anc and not self._closed:
+                while True:
+                    event = self._dispatch()
+                    if event is _wire.CLOSED:
+                        self._shut_down(None)
+                        return
+                    if event is _wire.NEED_DATA and time.monotonic() < slice_end:
+                        break
+                    gevent.idle()  # a bounded batch, or slice, is done: let others run
+                    slice_end = time.monotonic() + READ_SLICE
+                    if event is _wire.NEED_DATA or self.state is State.CLOSED:
+                        break
+                if size < READ_SIZE and not anc and self.state is not State.CLOSED:
                     # A short read without fds emptied the socket: wait for
                     # more rather than pay for a read that would say EAGAIN.
                     hub.wait(watcher)
+                    slice_end = time.monotonic() + READ_SLICE
         except ProtocolError as err:
             self._report(err)
             self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
@@ -322,52 +464,65 @@ class Channel:
             hub.handle_error(self, *sys.exc_info())
             self._shut_down(ChannelClosedError(f"the IPC channel failed: {exc!r}"))
 
-    def _dispatch(self) -> bool:
-        """Handle every whole frame buffered; False once the peer closed."""
+    def _dispatch(self) -> Any:
+        """Handle up to ``READ_BATCH`` whole frames.
+
+        Returns:
+            ``NEED_DATA`` when no whole frame is left, ``CLOSED`` once the
+            peer closed, or None when frames remain after this batch.
+
+        Raises:
+            ProtocolError: a malformed frame, or one in another codec.
+        """
         done: list = []
+        decoder, codec = self._decoder, self._codec.ident
         try:
-            while True:
-                frame = self._decoder.next_event()
-                if frame is _wire.NEED_DATA:
-                    return True
-                if frame is _wire.CLOSED:
-                    return False
-                if frame.kind == _wire.MESSAGE:
+            for _ in range(READ_BATCH):
+                frame = decoder.next_event()
+                if frame is _wire.NEED_DATA or frame is _wire.CLOSED:
+                    return frame
+                if frame.codec != codec and frame.kind == _MESSAGE:
+                    self._wrong_codec(frame)
+                if frame.kind == _MESSAGE:
                     self._receive(frame)
                 else:
                     self._answered(frame, done)
+            return None
         finally:
             self._finish(done)
+
+    def _wrong_codec(self, frame: _wire.Frame) -> NoReturn:
+        """A channel decodes only its own codec: anything else is a protocol error.
+
+        Deciding by the frame's codec byte would let a peer on a JSON channel
+        make us unpickle, which runs code of its choosing.
+        """
+        for fd in frame.fds:
+            _platform.close_quietly(fd)
+        raise ProtocolError(
+            f"a frame in codec {describe(frame.codec)} arrived on a channel "
+            f"that speaks {self._codec.name}",
+            frame.payload,
+        )
 
     def _receive(self, frame: _wire.Frame) -> None:
         if not frame.fds and not frame.handle and not frame.ident and not frame.fds_lost:
             try:  # the common case, a plain message
-                codec = self._codec if frame.codec == self._codec.ident else by_id(frame.codec)
-                message = codec.loads(frame.payload)
+                message = self._codec.loads(frame.payload)
             except ProtocolError as err:
                 self._report(err)
                 return
             self._owner._channel_message(message, None)
             return
-        handle = None
         fds = list(frame.fds)
-        if fds and self._closing:
-            # We disconnected, so we can no longer acknowledge a handle: do not
-            # take it. Its sender gets ChannelClosedError and keeps its copy.
+        if self.state in _SHUTTING:
+            # We disconnected, so we can no longer acknowledge: do not take it.
+            # Its sender gets ChannelClosedError, keeps its handle, may re-send.
             for fd in fds:
                 _platform.close_quietly(fd)
             return
         try:
-            if frame.fds_lost:
-                raise ProtocolError("the kernel dropped the handle's fds (MSG_CTRUNC)")
-            message = by_id(frame.codec).loads(frame.payload)
-            if frame.handle:
-                if not fds:
-                    raise ProtocolError("a handle arrived without its fd", frame.payload)
-                # Drop the fd from ``fds`` only once the handle owns it: if
-                # from_wire fails, the except clause below must close it.
-                handle = _handles.from_wire(frame.handle, frame.flags, fds[0])
-                del fds[0]
+            message, handle = self._take(frame, fds)
         except (ProtocolError, ValueError, OSError) as exc:
             for fd in fds:
                 _platform.close_quietly(fd)
@@ -382,27 +537,94 @@ class Channel:
             self._enqueue(_wire.encode_ack(frame.ident), (), None)
         self._owner._channel_message(message, handle)
 
+    def _take(self, frame: _wire.Frame, fds: list) -> tuple:
+        """Decode a frame's message and rebuild its handle; ``(message, handle)``.
+
+        The handle's fd leaves ``fds`` only once the handle owns it: whatever
+        is left in ``fds`` is the caller's to close.
+        """
+        if frame.fds_lost:
+            raise ProtocolError("the kernel dropped the handle's fds (MSG_CTRUNC)")
+        message = self._codec.loads(frame.payload)
+        if not frame.handle:
+            return message, None
+        if not fds:
+            raise ProtocolError("a handle arrived without its fd", frame.payload)
+        on_done = None
+        if _handles.tracked(frame.handle, frame.flags):
+            self._holding.add(frame.ident)
+            on_done = partial(self._send_done, frame.ident)
+        try:
+            handle = _handles.from_wire(frame.handle, frame.flags, fds[0], on_done)
+        except BaseException:
+            self._holding.discard(frame.ident)
+            raise
+        del fds[0]
+        return message, handle
+
+    def _send_done(self, ident: int) -> None:
+        """A handle the sender asked to hear about is done with: say so.
+
+        Deferred to the loop: a socket may be done inside a garbage
+        collection, which can run in the middle of our own queue handling.
+        """
+        self._loop.run_callback(self._done, ident)
+
+    def _done(self, ident: int) -> None:
+        if ident not in self._holding:
+            return
+        self._holding.discard(ident)
+        if self.state is not State.CLOSED:
+            self._enqueue(_wire.encode_ack(ident, _wire.DONE), (), None)
+
     def _answered(self, frame: _wire.Frame, done: list) -> None:
+        if frame.kind == _wire.DONE:
+            on_done = self._tracked.pop(frame.ident, None)
+            if on_done is None:
+                self._report(ProtocolError(f"DONE for unknown message {frame.ident}"))
+            else:
+                done.append((lambda err, fn=on_done: fn(), None))
+            return
         pending = self._awaiting.pop(frame.ident, None)
         if pending is None:
             self._report(ProtocolError(f"answer to unknown message {frame.ident}"))
             return
+        if pending.outgoing is not None:
+            self._handles_awaiting -= 1
         if frame.kind == _wire.ACK:
-            pending.release(pending.keep_open)
+            if pending.outgoing is not None:
+                pending.outgoing.release(pending.keep_open)
+            if pending.on_done is not None:
+                self._tracked[frame.ident] = pending.on_done
             if pending.callback is not None:
                 done.append((pending.callback, None))
         else:
-            err = ProtocolError("the receiver lost the handle (MSG_CTRUNC); it is still yours")
-            done.append((pending.callback, err))
+            lost = HandleLostError(
+                "the receiver lost the handle on the way (MSG_CTRUNC: its fd table was "
+                "full); it is still yours, untouched"
+            )
+            self._lost(pending, lost, done)
+
+    def _lost(self, pending: _Pending, err: BaseException, done: list) -> None:
+        """A message did not reach the peer: its handle is ours again; say so once.
+
+        With a callback, the handle is the caller's to send again. Without
+        one, nobody will: a socket is ended gracefully (its client gets EOF)
+        and the failure reported.
+        """
+        if pending.outgoing is not None:
+            pending.outgoing.returned()
+            if pending.callback is None:
+                pending.outgoing.abandon()
+        done.append((pending.callback, err))
 
     # -- closing and reporting ------------------------------------------
 
     def _shut_down(self, err: Optional[BaseException]) -> None:
         """Close the socket; fail what is queued and unacknowledged."""
-        if self._closed:
+        if self.state is State.CLOSED:
             return
-        self.connected = False
-        self._closed = True
+        self._to(State.CLOSED)
         flushed: list = []
         if err is None and self._queue:
             try:  # the peer closed its end: its reads may still be open
@@ -413,21 +635,28 @@ class Channel:
         self._write_watcher.stop()
         closed = err or ChannelClosedError("the IPC channel is closed")
         failed = flushed + [(item[2], closed) for item in self._queue if item[2] is not None]
-        failed += [(p.callback, closed) for p in self._awaiting.values()]
+        for pending in self._awaiting.values():
+            self._lost(pending, closed, failed)
         self._queue.clear()
         self._awaiting.clear()
+        self._handles_awaiting = 0
+        self._tracked.clear()  # their receiver is gone: their sender decides alone
+        self._holding.clear()
         self._queued_bytes = 0
         self._decoder.close()
         self._sock.close()
         self._finish(failed)
-        self._announce()
         if gevent.getcurrent() is not self._reader:
             self._reader.kill(block=False)
 
-    def _announce(self) -> None:
-        if not self._announced:
-            self._announced = True
-            self._apply_ref()
+    def _to(self, state: State) -> None:
+        """Move to ``state``; the owner hears ``'disconnect'`` once, as it leaves the living."""
+        before, self.state = self.state, state
+        self._apply_ref()
+        if before not in (State.HALF_CLOSED, State.CLOSED) and state in (
+            State.HALF_CLOSED,
+            State.CLOSED,
+        ):
             submit(self._owner._channel_closed)
 
     def _report(self, err: BaseException) -> None:
@@ -523,7 +752,17 @@ class ChannelOwner(EventEmitter):
             _handles.close(handle)  # nobody will take it: never leak it
 
     def _channel_error(self, err: BaseException) -> None:
-        self.emit("error", err)
+        """Report a failure of the channel's: ``'error'`` if anyone listens, else a log line.
+
+        Unlike Node, which throws an ``'error'`` nobody listens for: the
+        failure is the peer's or the channel's, not a bug of the caller's,
+        so it gets one warning line on the ``geventfork`` logger, not a
+        traceback through the library.
+        """
+        if self.listener_count("error"):
+            self.emit("error", err)
+        else:
+            log.warning("%r: %s (%s; no 'error' listener)", self, err, type(err).__name__)
 
     def _channel_closed(self) -> None:
         self.emit("disconnect")

@@ -7,7 +7,8 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 from __future__ import annotations
 
 import _socket
-from typing import Any, Callable, NamedTuple
+from functools import partial
+from typing import Any, Callable, NamedTuple, Optional
 
 from gevent import socket as gsocket
 
@@ -15,7 +16,7 @@ from ._server import Server
 from ._stream import Socket
 from .errors import InvalidHandleTypeError
 
-__all__ = ["Outgoing", "check", "to_wire", "from_wire", "close"]
+__all__ = ["Outgoing", "check", "to_wire", "from_wire", "tracked", "close"]
 
 # Handle numbers on the wire (a frame's ``handle`` byte). Never reuse one.
 SOCKET = 1  # net.Socket
@@ -26,6 +27,7 @@ RAW = 3  # socket.socket or gevent socket, any family and type
 PAUSED = 1  # net.Socket: nothing has read from it; the receiver keeps it paused
 TCP4 = 2  # net.Socket: a TCP socket over IPv4 (the receiver need not ask the kernel)
 TCP6 = 4  # net.Socket: a TCP socket over IPv6
+TRACKED = 8  # net.Socket: the sender keeps a copy; tell it (DONE) when done with it
 PAUSE_ON_CONNECT = 1  # net.Server
 ALLOW_HALF_OPEN = 2  # net.Server
 
@@ -39,6 +41,20 @@ class Outgoing(NamedTuple):
     #: ``release(keep_open)``: the receiver acknowledged; close our copy unless
     #: ``keep_open``.
     release: Callable[[bool], None]
+    #: ``returned()``: the hand-off failed (NACK, the channel closed, the
+    #: kernel refused the fd); the handle is ours again, untouched.
+    returned: Callable[[], None]
+    #: ``abandon()``: after ``returned()``, when nobody will send it again:
+    #: a ``net.Socket`` is ended gracefully, so its client gets EOF.
+    abandon: Callable[[], None]
+
+
+#: fds of plain sockets on their way to a peer (a ``net.Socket`` knows its own).
+_raw_in_flight: set = set()
+
+
+def _nothing(*args: Any) -> None:
+    pass
 
 
 def check(handle: Any) -> None:
@@ -54,43 +70,73 @@ def _invalid(handle: Any) -> InvalidHandleTypeError:
     )
 
 
-def to_wire(handle: Any) -> Outgoing:
+def to_wire(handle: Any, track: bool = False) -> Outgoing:
     """Prepare ``handle`` for sending.
+
+    Args:
+        handle: what ``send()`` was given.
+        track: ask the receiver to say when it is done with a ``net.Socket``.
 
     Raises:
         InvalidHandleTypeError: not a kind of handle ``send()`` accepts, or
             already closed.
+        ValueError: ``handle`` is already on its way to a peer.
     """
     if isinstance(handle, Socket):
         fd = handle._handoff()
         flags = (PAUSED if handle._paused else 0) | _tcp_flag(handle._sock)
-        return Outgoing(SOCKET, flags, fd, handle._release)
+        if track:
+            flags |= TRACKED
+        returned = getattr(handle, "_returned", _nothing)  # TEMP until merge
+        return Outgoing(SOCKET, flags, fd, handle._release, returned, handle.end)
     if isinstance(handle, Server):
         fd = handle._listening_fd()
         flags = (PAUSE_ON_CONNECT if handle.pause_on_connect else 0) | (
             ALLOW_HALF_OPEN if handle.allow_half_open else 0
         )
         # Node keeps the sender's server open: both processes may accept.
-        return Outgoing(SERVER, flags, fd, lambda keep_open: None)
+        return Outgoing(SERVER, flags, fd, _nothing, _nothing, _nothing)
     # Under patch_all() ``socket.socket`` is gevent's class, which an
     # unpatched ``socket.socket`` (monkey.get_original) is no instance of;
     # every stdlib socket derives from ``_socket.socket``, patched or not.
     if isinstance(handle, (_socket.socket, gsocket.socket)):
-        fd = handle.fileno()
-        if fd < 0:
-            raise InvalidHandleTypeError("cannot send a closed socket")
-        return Outgoing(RAW, 0, fd, lambda keep_open: keep_open or handle.close())
+        return _raw_to_wire(handle)
     raise _invalid(handle)
 
 
-def from_wire(code: int, flags: int, fd: int) -> Any:
+def _raw_to_wire(sock: Any) -> Outgoing:
+    fd = sock.fileno()
+    if fd < 0:
+        raise InvalidHandleTypeError("cannot send a closed socket")
+    if fd in _raw_in_flight:
+        raise ValueError(f"socket fd {fd} is already being sent; wait for its callback")
+    _raw_in_flight.add(fd)
+
+    def release(keep_open: bool) -> None:
+        _raw_in_flight.discard(fd)
+        if not keep_open:
+            sock.close()
+
+    return Outgoing(RAW, 0, fd, release, partial(_raw_in_flight.discard, fd), sock.close)
+
+
+def tracked(code: int, flags: int) -> bool:
+    """Whether a received handle's sender asked to hear when it is done with it."""
+    return code == SOCKET and bool(flags & TRACKED)
+
+
+def from_wire(code: int, flags: int, fd: int, on_done: Optional[Callable[[], Any]] = None) -> Any:
     """Rebuild a handle the peer sent; the new object owns ``fd``.
+
+    Args:
+        on_done: for a ``net.Socket``, called once this process is done with it.
 
     Raises:
         ValueError: unknown handle number (the caller closes ``fd``).
     """
     if code == SOCKET:
-        return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED))
+        extra = {"on_done": on_done} if on_done is not None else {}  # TEMP until merge
+        return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED), **extra)
     if code == SERVER:
         return Server._from_listener(
             gsocket.socket(fileno=fd),
@@ -112,12 +158,21 @@ def _stream_socket(flags: int, fd: int) -> Any:
     """A socket object for a received ``net.Socket``'s fd.
 
     Told the family, CPython skips the two ``getsockopt`` calls it would make
-    to find out: one hand-off in three is spent in system calls.
+    to find out: one hand-off in three is spent in system calls. A TCP
+    connection gets ``TCP_NODELAY``, as Node's HTTP server and gunicorn set
+    it: a worker that answers in two writes (``gevent.pywsgi``: headers, then
+    body) otherwise waits 40 ms per answer for the client's delayed ACK.
+    ``set_no_delay(False)`` undoes it.
     """
     family = _socket.AF_INET if flags & TCP4 else _socket.AF_INET6 if flags & TCP6 else None
     if family is None:
         return _socket.socket(fileno=fd)
-    return _socket.socket(family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, fileno=fd)
+    sock = _socket.socket(family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, fileno=fd)
+    try:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError:  # already reset by the client: its first use will say so
+        pass
+    return sock
 
 
 def close(handle: Any) -> None:

@@ -8,14 +8,16 @@ from typing import Any, Callable
 
 from .errors import ProtocolError, SerializationError
 
-__all__ = ["Codec", "JSON", "PICKLE", "by_name", "by_id"]
+__all__ = ["Codec", "JSON", "PICKLE", "by_name", "by_id", "describe"]
 
 
 class Codec:
     """Turns a message into payload bytes and back.
 
-    ``ident`` is the number the wire carries in each frame's ``codec`` byte,
-    so a receiver decodes every frame with the codec that encoded it.
+    ``ident`` is the number the wire carries in each frame's ``codec`` byte.
+    A receiver decodes only frames of its own channel's codec: another codec
+    byte is a protocol error (a pickle frame on a JSON channel would run the
+    peer's code).
     """
 
     name = ""
@@ -157,3 +159,9 @@ def by_id(ident: int) -> Codec:
         return _BY_ID[ident]
     except KeyError:
         raise ProtocolError(f"unknown codec {ident}") from None
+
+
+def describe(ident: int) -> str:
+    """How an error names the codec a frame's ``codec`` byte says: ``"2 (pickle)"``."""
+    codec = _BY_ID.get(ident)
+    return f"{ident} ({codec.name})" if codec is not None else f"{ident} (unknown)"

@@ -13,16 +13,25 @@ A frame is a fixed 14-byte header followed by ``size`` bytes of payload::
 
 Rules that govern changes to the format:
 
-* ``kind`` is MESSAGE, ACK or NACK. ACK and NACK carry no payload and no
-  fds; their ``ident`` names the MESSAGE they answer.
+* ``kind`` is MESSAGE, ACK, NACK or DONE. ACK, NACK and DONE carry no
+  payload and no fds; their ``ident`` names the MESSAGE they answer.
 * A MESSAGE with ``nfds > 0`` has a non-zero ``ident`` and must be answered
   by exactly one ACK (the handle is in the receiver's hands) or NACK (its
-  fds were lost, ``MSG_CTRUNC``: the sender still owns the handle).
+  fds were lost, ``MSG_CTRUNC``: the sender still owns the handle). A
+  MESSAGE without fds but with a non-zero ``ident`` asks for an ACK too
+  (sent on receipt, before the message is handled).
+* DONE follows the ACK of a MESSAGE whose handle the sender asked to hear
+  about (a flag of the handle's, meaningless here): the receiver is done with
+  the handle, and the sender may close its own copy.
 * The sender attaches a frame's fds to the ``sendmsg`` whose data begins
   with that frame's first byte, and to no other. On Linux a read stops after
   the chunk carrying fds, so each fd belongs to the frame whose first byte
   arrived in the same read (Node relies on the same: SCM_RIGHTS messages are
-  not coalesced). A batch of fds claimed by no frame is a protocol error.
+  not coalesced). fds that arrive with a read that does not begin a frame,
+  or more fds than the frame announces, are closed at once and are a
+  protocol error, so a peer can make the receiver hold no more fds than the
+  one unfinished frame it announced. A batch of fds claimed by no frame is a
+  protocol error.
 * EOF between frames is a clean close; EOF inside a frame is a protocol
   error. Every fd the decoder was given and no frame claimed is closed.
 * New kinds, codecs and handle types get new numbers; numbers are never
@@ -33,7 +42,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, Deque, List, NamedTuple, NoReturn, Sequence, Tuple, Type, Union
 
 from .errors import ProtocolError
 
@@ -41,6 +50,7 @@ __all__ = [
     "MESSAGE",
     "ACK",
     "NACK",
+    "DONE",
     "HEADER",
     "MAX_FDS",
     "MAX_FRAME_SIZE",
@@ -49,15 +59,18 @@ __all__ = [
     "Frame",
     "Decoder",
     "encode",
+    "encode_message",
     "encode_ack",
 ]
 
 MESSAGE = 1
 ACK = 2
 NACK = 3
-_KINDS = (MESSAGE, ACK, NACK)
+DONE = 4
+_KINDS = (MESSAGE, ACK, NACK, DONE)
 
 HEADER = struct.Struct("!IBBBBHI")
+_pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
 
@@ -75,18 +88,23 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024
 _COMPACT_AT = 256 * 1024
 
 
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
+class _Sentinel(type):
+    """The type of a sentinel class, which is its own value (h11's ``NEED_DATA``).
 
-    def __repr__(self) -> str:
-        return self._name
+    A class, unlike an instance, is something a type checker can narrow on:
+    ``if event is NEED_DATA`` leaves ``Frame | type[CLOSED]``.
+    """
+
+    def __repr__(cls) -> str:
+        return cls.__name__
 
 
-#: ``next_event()``: no whole frame is buffered yet.
-NEED_DATA = _Sentinel("NEED_DATA")
-#: ``next_event()``: the peer closed the stream cleanly between frames.
-CLOSED = _Sentinel("CLOSED")
+class NEED_DATA(metaclass=_Sentinel):
+    """``next_event()``: no whole frame is buffered yet."""
+
+
+class CLOSED(metaclass=_Sentinel):
+    """``next_event()``: the peer closed the stream cleanly between frames."""
 
 
 class Frame(NamedTuple):
@@ -94,7 +112,7 @@ class Frame(NamedTuple):
 
     kind: int
     payload: bytes = b""
-    fds: tuple = ()
+    fds: Tuple[int, ...] = ()
     codec: int = 0
     handle: int = 0
     flags: int = 0
@@ -104,11 +122,13 @@ class Frame(NamedTuple):
     fds_lost: bool = False
 
 
-Event = Union[Frame, _Sentinel]
+Event = Union[Frame, Type[NEED_DATA], Type[CLOSED]]
+#: Bytes kept as a protocol error's evidence: any bytes-like slice of the stream.
+Evidence = Union[bytes, bytearray, memoryview]
 _new_frame = tuple.__new__  # Frame(...) without the generated __new__'s extra call
 
 
-def encode(frame: Frame) -> tuple:
+def encode(frame: Frame) -> Tuple[bytes, List[int]]:
     """Return ``(data, fds)`` for ``frame``; send the fds with ``data[0]``.
 
     Raises:
@@ -121,7 +141,7 @@ def encode(frame: Frame) -> tuple:
     if frame.kind not in _KINDS:
         raise ValueError(f"unknown frame kind {frame.kind}")
     if frame.kind != MESSAGE and (frame.payload or nfds):
-        raise ValueError("ACK and NACK frames carry no payload and no fds")
+        raise ValueError("ACK, NACK and DONE frames carry no payload and no fds")
     if nfds and not frame.ident:
         raise ValueError("a MESSAGE with fds needs a non-zero ident")
     try:
@@ -134,15 +154,27 @@ def encode(frame: Frame) -> tuple:
     return header + frame.payload, list(frame.fds)
 
 
+def encode_message(
+    payload: bytes, codec: int, ident: int = 0, handle: int = 0, flags: int = 0, nfds: int = 0
+) -> bytes:
+    """The bytes of a MESSAGE frame, for a sender that checked its fields itself.
+
+    ``encode()`` checks every rule and builds a ``Frame``; a channel sending
+    thousands of messages a second has checked them already (its codec, its
+    own idents, at most one fd), so this packs the header and nothing more.
+    """
+    return _pack_header(len(payload), MESSAGE, codec, handle, flags, nfds, ident) + payload
+
+
 def encode_ack(ident: int, kind: int = ACK) -> bytes:
-    """The bytes of an ACK (or NACK) frame answering MESSAGE ``ident``."""
+    """The bytes of an ACK (or NACK, or DONE) frame answering MESSAGE ``ident``."""
     return HEADER.pack(0, kind, 0, 0, 0, 0, ident)
 
 
 class _FdBatch(NamedTuple):
     start: int  # stream offset of the first byte of the read the fds came with
     end: int  # stream offset just past that read
-    fds: list
+    fds: List[int]
     truncated: bool
 
 
@@ -165,12 +197,12 @@ class Decoder:
         self._buf = bytearray()
         self._pos = 0  # read position in _buf
         self._base = 0  # stream offset of _buf[0]
-        self._batches: deque = deque()
+        self._batches: Deque[_FdBatch] = deque()
         self._eof = False
         self._error: ProtocolError | None = None
 
     def receive_data(
-        self, data: bytes, fds: Sequence[int] = (), truncated: bool = False
+        self, data: Evidence, fds: Sequence[int] = (), truncated: bool = False
     ) -> None:
         """Add bytes read from the stream, with the fds that came with them.
 
@@ -187,8 +219,31 @@ class Decoder:
             if not data:
                 self._close_all(fds)
                 self._fail("fds arrived with no bytes", b"")
+            if fds:
+                self._check_fds(data, fds)
             self._batches.append(_FdBatch(start, start + len(data), list(fds), truncated))
         self._buf += data
+
+    def _check_fds(self, data: Evidence, fds: Sequence[int]) -> None:
+        """Fail, closing ``fds``, unless a frame begins in the read they came with.
+
+        Checked as the fds arrive, not when their frame is complete: a peer
+        that never finishes a frame must not make us hold fds meanwhile.
+        """
+        buf, offset = self._buf, self._pos
+        while offset < len(buf):  # to the first frame boundary at or after this read
+            head = bytes(buf[offset : offset + _HEADER_SIZE])
+            if len(head) < _HEADER_SIZE:
+                head += bytes(data[: _HEADER_SIZE - len(head)])
+                if len(head) < _HEADER_SIZE:
+                    break  # where this frame ends is not known yet: past this read
+            size = _unpack_header(head)[0]
+            if size > self.max_size:
+                return  # next_event() fails on this header, and closes every fd
+            offset += _HEADER_SIZE + size
+        if not len(buf) <= offset < len(buf) + len(data):
+            self._close_all(fds)
+            self._fail("fds arrived in the middle of a frame", bytes(data[:64]))
 
     def receive_eof(self) -> None:
         """The peer closed its end; ``next_event`` will say whether cleanly."""
@@ -268,7 +323,7 @@ class Decoder:
             self._fail("fds arrived that no frame claimed", b"")
         return CLOSED
 
-    def _claim(self, start: int, nfds: int, evidence: bytes) -> tuple:
+    def _claim(self, start: int, nfds: int, evidence: Evidence) -> Tuple[Tuple[int, ...], bool]:
         batches = self._batches
         if batches and batches[0].end <= start:
             self._fail("fds arrived that no frame claimed", evidence)
@@ -284,9 +339,8 @@ class Decoder:
             batches.popleft()
             return tuple(batch.fds), True
         self._fail(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
-        raise AssertionError("unreachable")
 
-    def _fail(self, msg: str, evidence: bytes) -> None:
+    def _fail(self, msg: str, evidence: Evidence) -> NoReturn:
         self._error = ProtocolError(msg, bytes(evidence))
         self.close()
         raise self._error

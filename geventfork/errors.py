@@ -7,6 +7,8 @@ __all__ = [
     "InvalidHandleTypeError",
     "SerializationError",
     "ProtocolError",
+    "HandleLostError",
+    "ChannelBusyError",
 ]
 
 
@@ -45,3 +47,24 @@ class ProtocolError(GeventforkError):
     def __init__(self, msg: str, data: bytes = b"") -> None:
         super().__init__(msg)
         self.data = bytes(data[:64])  # evidence, truncated
+
+
+class HandleLostError(ProtocolError):
+    """The receiver lost a handle's fds on the way (``MSG_CTRUNC``: its fd table was full).
+
+    Nobody's fault in particular. The handle is still the sender's, open and
+    untouched, so it may be sent again (a ``Pool`` tries another worker).
+    """
+
+    code = "ERR_IPC_HANDLE_LOST"
+
+
+class ChannelBusyError(GeventforkError):
+    """``send()`` would queue more than the channel's ``max_queued`` bytes.
+
+    The caller's to handle: the peer reads more slowly than the caller sends.
+    Nothing was queued; wait for ``send()`` to return True again (or for a
+    send's callback) before sending more.
+    """
+
+    code = "ERR_IPC_BUSY"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from geventfork._wire import (
     ACK,
     CLOSED,
+    DONE,
     HEADER,
     MAX_FDS,
     MAX_FRAME_SIZE,
@@ -22,6 +23,7 @@ from geventfork._wire import (
     Decoder,
     Frame,
     encode,
+    encode_message,
     encode_ack,
 )
 from geventfork.errors import ProtocolError
@@ -257,7 +259,7 @@ def test_header_split_across_reads():
     assert decoder.next_event() is NEED_DATA
 
 
-@pytest.mark.parametrize("kind", [ACK, NACK])
+@pytest.mark.parametrize("kind", [ACK, NACK, DONE])
 def test_encode_ack(kind):
     data = encode_ack(0xDEADBEEF, kind)
     assert data == encode(Frame(kind, ident=0xDEADBEEF))[0]
@@ -385,7 +387,8 @@ BAD_HEADERS = {
     "over default max": header(MAX_FRAME_SIZE + 1),
     "largest size": header(0xFFFFFFFF),
     "kind 0": header(kind=0),
-    "kind 4": header(kind=4),
+    "kind 5": header(kind=5),
+    "done with payload": header(1, kind=DONE),
     "kind 255": header(1, kind=255),
     "ack with payload": header(1, kind=ACK),
     "nack with payload": header(1, kind=NACK),
@@ -485,12 +488,12 @@ def test_data_after_eof_is_dropped_and_its_fds_closed(fds):
         Frame(NACK, b"x", ident=1),
         Frame(ACK, fds=(1000,), ident=1),
         Frame(0),
-        Frame(4, b"x"),
+        Frame(5, b"x"),
         Frame(MESSAGE, fds=(1000,)),
         Frame(MESSAGE, codec=256),
         Frame(MESSAGE, ident=-1),
     ],
-    ids=["too many fds", "ack payload", "nack payload", "ack fds", "kind 0", "kind 4",
+    ids=["too many fds", "ack payload", "nack payload", "ack fds", "kind 0", "kind 5",
          "fds without ident", "codec out of range", "negative ident"],
 )
 def test_encode_rejects(frame):
@@ -522,7 +525,7 @@ messages = st.builds(
 )
 answers = st.builds(
     Frame,
-    kind=st.sampled_from([ACK, NACK]),
+    kind=st.sampled_from([ACK, NACK, DONE]),
     payload=st.just(b""),
     fds=st.just(()),
     codec=st.just(0),
@@ -565,7 +568,7 @@ chunks = st.binary(min_size=1, max_size=40) | st.builds(
     st.builds(
         header,
         size=st.integers(0, 20),
-        kind=st.integers(0, 4),
+        kind=st.integers(0, 5),
         nfds=st.integers(0, 4),
         ident=st.integers(0, 3),
     ),
@@ -586,11 +589,11 @@ def test_property_random_bytes_yield_frames_or_protocol_error(prefix, reads):
     decoder = Decoder(max_size=1000, close_fd=close_fd)
     frames, last = [], None
     for chunk, read_fds, truncated in [*feeds, (None, (), False)]:
-        if chunk is None:
-            decoder.receive_eof()
-        else:
-            decoder.receive_data(chunk, read_fds, truncated)
         try:
+            if chunk is None:
+                decoder.receive_eof()
+            else:  # fds in the middle of a frame raise here, as they arrive
+                decoder.receive_data(chunk, read_fds, truncated)
             event = decoder.next_event()
             while isinstance(event, Frame):
                 frames.append(event)
@@ -790,3 +793,43 @@ def check_bad_piece(pieces: list, eof: bool, frames: list, error) -> None:
         assert frames == []
         assert error is None or eof, error
         assert not eof or "EOF inside a frame" in str(error)
+
+
+def test_fds_in_the_middle_of_an_unfinished_frame_are_closed_as_they_arrive(fds):
+    """A peer that never finishes a frame cannot make the decoder hold fds.
+
+    Before the frame's end is known, a read carrying fds that begins no frame
+    raises at once, and its fds are closed then, not when the frame ends.
+    """
+    start = header(1000, nfds=1, ident=1)
+    first = fds(1)
+    decoder = Decoder(close_fd=close)
+    decoder.receive_data(start + b"a", first)
+    assert decoder.next_event() is NEED_DATA
+    middle = fds(2)
+    with pytest.raises(ProtocolError, match="middle of a frame"):
+        decoder.receive_data(b"b" * 10, middle)
+    assert not any(is_open(fd) for fd in (*first, *middle))
+
+
+def test_fds_with_a_read_that_begins_a_frame_after_whole_ones_are_kept(fds):
+    """fd-less frames may come ahead of the fd frame in its read (as on Linux)."""
+    plain = encode(Frame(MESSAGE, b"p"))[0]
+    sent = fds(1)
+    with_fd = encode(Frame(MESSAGE, b"h", sent, ident=2))[0]
+    decoder = Decoder(close_fd=close)
+    decoder.receive_data(plain[:3])
+    decoder.receive_data(plain[3:] + with_fd[:5], sent)
+    decoder.receive_data(with_fd[5:])
+    assert drain(decoder)[:-1] == [Frame(MESSAGE, b"p"), Frame(MESSAGE, b"h", sent, ident=2)]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [dict(), dict(ident=7), dict(ident=9, handle=1, flags=3, nfds=1)],
+    ids=["plain", "acknowledged", "with a handle"],
+)
+def test_encode_message_is_encode_without_the_checks(fields):
+    nfds = fields.pop("nfds", 0)
+    frame = Frame(MESSAGE, b"payload", tuple(range(nfds)), 2, **fields)
+    assert encode_message(b"payload", 2, nfds=nfds, **fields) == encode(frame)[0]
