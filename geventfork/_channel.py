@@ -514,30 +514,38 @@ class Channel:
                 return
             self._owner._channel_message(message, None)
             return
-        fds = list(frame.fds)
-        if self.state in _SHUTTING:
-            # We disconnected, so we can no longer acknowledge: do not take it.
-            # Its sender gets ChannelClosedError, keeps its handle, may re-send.
-            for fd in fds:
-                _platform.close_quietly(fd)
-            return
-        try:
-            message, handle = self._take(frame, fds)
-        except (ProtocolError, ValueError, OSError) as exc:
-            for fd in fds:
-                _platform.close_quietly(fd)
-            if frame.ident:
-                self._enqueue(_wire.encode_ack(frame.ident, _wire.NACK), (), None)
-            err = exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc))
-            self._report(err)
-            return
-        for fd in fds:  # a frame may announce more fds than its handle needs
-            _platform.close_quietly(fd)
-        if frame.ident:
-            self._enqueue(_wire.encode_ack(frame.ident), (), None)
-        self._owner._channel_message(message, handle)
+        message, handle, answer = self._take(frame)
+        if frame.ident and answer:
+            self._enqueue(_wire.encode_ack(frame.ident, answer), (), None)
+        if answer == _wire.ACK:
+            self._owner._channel_message(message, handle)
 
-    def _take(self, frame: _wire.Frame, fds: list) -> tuple:
+    def _take(self, frame: _wire.Frame) -> tuple:
+        """Decode a frame's message and rebuild its handle.
+
+        Every fd of the frame that no handle took is closed here, and only
+        here, whatever happens.
+
+        Returns:
+            ``(message, handle, answer)``: ``answer`` is ACK; NACK when the
+            message or its handle could not be taken (then reported); 0 when
+            we disconnected and can no longer acknowledge (its sender gets
+            ChannelClosedError, keeps its handle, and may send it again).
+        """
+        fds = list(frame.fds)
+        try:
+            if self.state in _SHUTTING:
+                return None, None, 0
+            message, handle = self._rebuild(frame, fds)
+        except (ProtocolError, ValueError, OSError) as exc:
+            self._report(exc if isinstance(exc, ProtocolError) else ProtocolError(str(exc)))
+            return None, None, _wire.NACK
+        finally:
+            for fd in fds:  # a frame may announce more fds than its handle needs
+                _platform.close_quietly(fd)
+        return message, handle, _wire.ACK
+
+    def _rebuild(self, frame: _wire.Frame, fds: list) -> tuple:
         """Decode a frame's message and rebuild its handle; ``(message, handle)``.
 
         The handle's fd leaves ``fds`` only once the handle owns it: whatever

@@ -10,7 +10,14 @@ the hub. So jobs start in submission order and one that blocks never holds
 up the rest, as with a greenlet per job.
 
 Like threads in a pool, runners are reused: a job must not count on a fresh
-``gevent.local`` or on the identity of ``gevent.getcurrent()``.
+``gevent.local`` or on the identity of ``gevent.getcurrent()``. A runner lets
+go of a job's function and arguments as soon as the job returns, so an object
+only the job held (a ``net.Socket`` a handler ignored) is freed at once.
+
+A job submitted for an ``EventEmitter`` (``submit_listener``) that raises is
+reported to the emitter's ``_listener_failed`` hook, so the emitter can end
+what the listener left behind; the hub then reports the error (with its
+traceback) unless the hook did.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Any, Callable
 from gevent import Greenlet, get_hub
 from greenlet import GreenletExit
 
-__all__ = ["submit"]
+__all__ = ["submit", "submit_listener"]
 
 #: Idle runners kept for reuse; more than this many at once are let go.
 MAX_IDLE = 32
@@ -38,9 +45,17 @@ class Dispatcher:
         self._in_job = False  # whether ``_runner`` is inside a job
         self._watching = False  # a ``_watch`` callback is pending
 
-    def submit(self, fn: Callable, args: tuple) -> None:
-        """Run ``fn(*args)`` soon, after the jobs submitted before it."""
-        self._jobs.append((fn, args))
+    def submit(self, fn: Callable, args: tuple, emitter: Any = None, event: str = "") -> None:
+        """Run ``fn(*args)`` soon, after the jobs submitted before it.
+
+        Args:
+            fn: the job.
+            args: its arguments.
+            emitter: if not None, told through ``emitter._listener_failed(event,
+                fn, args, exc)`` when ``fn`` raises.
+            event: the event ``fn`` listens to, for ``emitter``.
+        """
+        self._jobs.append((fn, args, emitter, event))
         if self._runner is None:
             self._start_runner()
         elif self._in_job:
@@ -81,7 +96,7 @@ class Dispatcher:
         try:
             while True:
                 while jobs and self._runner is me:
-                    fn, args = jobs.popleft()
+                    fn, args, emitter, event = jobs.popleft()
                     self._in_job = True
                     if jobs and not self._watching:
                         self._watch_soon()  # should this job block, the rest go on
@@ -89,10 +104,14 @@ class Dispatcher:
                         fn(*args)
                     except GreenletExit:
                         raise
-                    except BaseException:
-                        hub.handle_error(fn, *sys.exc_info())
+                    except BaseException as exc:
+                        if emitter is None or not _tell_emitter(hub, emitter, event, fn, args, exc):
+                            hub.handle_error(fn, *sys.exc_info())
                     if self._runner is me:
                         self._in_job = False
+                # Hold nothing of the last job while parked: what only it
+                # referenced (an ignored net.Socket) is to be freed now.
+                fn = args = emitter = None
                 if self._runner is me:
                     self._runner = None
                 if len(self._idle) >= MAX_IDLE:
@@ -119,11 +138,40 @@ class Dispatcher:
                 self._hub.handle_error(me, *sys.exc_info())
 
 
-def submit(fn: Callable, *args: Any) -> None:
-    """Run ``fn(*args)`` in a runner of this thread's hub; see the module docstring."""
+def _tell_emitter(
+    hub: Any, emitter: Any, event: str, fn: Callable, args: tuple, exc: BaseException
+) -> bool:
+    """Call ``emitter._listener_failed``; return whether it reported ``exc`` itself.
+
+    An error in the hook is reported, not raised.
+    """
+    try:
+        return bool(emitter._listener_failed(event, fn, args, exc))
+    except Exception:
+        hub.handle_error(emitter, *sys.exc_info())
+        return False
+
+
+def _dispatcher() -> Dispatcher:
     hub = get_hub()
     try:
-        dispatcher = hub.geventfork_dispatcher
+        return hub.geventfork_dispatcher
     except AttributeError:
         dispatcher = hub.geventfork_dispatcher = Dispatcher(hub)
-    dispatcher.submit(fn, args)
+        return dispatcher
+
+
+def submit(fn: Callable, *args: Any) -> None:
+    """Run ``fn(*args)`` in a runner of this thread's hub; see the module docstring."""
+    _dispatcher().submit(fn, args)
+
+
+def submit_listener(emitter: Any, event: str, listeners: tuple, args: tuple) -> None:
+    """Run each of ``listeners`` with ``args``, as ``submit`` does.
+
+    A listener that raises is reported to ``emitter._listener_failed(event,
+    listener, args, exc)``, then to the hub unless the hook reported it.
+    """
+    dispatcher = _dispatcher()
+    for fn in listeners:
+        dispatcher.submit(fn, args, emitter, event)

@@ -119,13 +119,14 @@ class Server(EventEmitter):
         gevent.spawn(self.emit, "listening")
 
     def _listening_fd(self) -> int:
-        if not self.listening:
+        if self._acceptor is None or not self.listening:
             raise InvalidHandleTypeError("cannot send a server that is not listening")
-        return self._acceptor.socket.fileno()
+        fd: int = self._acceptor.socket.fileno()
+        return fd
 
     def address(self) -> Optional[dict]:
         """``{"address", "family", "port"}`` of the listening socket, or None."""
-        if not self.listening:
+        if self._acceptor is None or not self.listening:
             return None
         sock = self._acceptor.socket
         host, port = _address(sock.getsockname())

@@ -1,7 +1,6 @@
 """``net.Socket``: a connected stream with Node's events, on a gevent socket."""
 from __future__ import annotations
 
-import _socket
 import codecs
 import logging
 import socket as _stdlib_socket
@@ -12,6 +11,17 @@ import gevent
 from gevent import socket as gsocket
 
 from ._dispatch import submit
+from ._lifetime import (
+    DONTWAIT,
+    END_LINGER,
+    READ_SIZE,
+    Accepted,
+    Lifetime,
+    close_later,
+    drained,
+    gevent_socket,
+    report_done,
+)
 from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
@@ -22,59 +32,16 @@ __all__ = ["Accepted", "Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
 
 log = logging.getLogger("geventfork.net")
 
-#: Seconds ``end()`` waits for the peer to close before closing anyway. Until
-#: then, unread bytes from the peer are drained, so that closing never turns
-#: into a reset (the kernel answers a close with unread data by RST).
-END_LINGER = 2.0
-#: Bytes asked of one ``recv``.
-READ_SIZE = 64 * 1024
 #: ``write()`` returns False once this many bytes wait to be written (Node's
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
-_DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
 _FAMILIES = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
 
 
 def _raw(sock: Any) -> Any:
     """The non-blocking socket under a gevent socket, for calls that must not wait."""
     return getattr(sock, "_sock", sock)
-
-
-def _gevent_socket(raw: Any) -> Any:
-    """A gevent socket that takes over ``raw``'s fd."""
-    return gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-
-
-class Accepted:
-    """A connection ``accept`` returned, as its bare fd and peer address.
-
-    Making a socket object costs a system call (CPython checks the fd with
-    ``getsockname``), and a connection that is only handed on never needs one.
-    """
-
-    __slots__ = ("fd", "family", "type", "proto", "peer")
-
-    def __init__(self, fd: int, family: int, type: int, proto: int, peer: Any) -> None:
-        self.fd, self.family, self.type, self.proto, self.peer = fd, family, type, proto, peer
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def getpeername(self) -> Any:
-        return self.peer
-
-    def detach(self) -> int:
-        fd, self.fd = self.fd, -1
-        return fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            _socket.close(self.detach())
-
-    def to_socket(self) -> Any:
-        """A ``_socket.socket`` that takes over the fd."""
-        return _socket.socket(self.family, self.type, self.proto, fileno=self.detach())
 
 
 class Socket(EventEmitter):
@@ -97,7 +64,27 @@ class Socket(EventEmitter):
         server: Optional[Server] = None,
         paused: bool = False,
         allow_half_open: bool = False,
+        on_done: Optional[Callable[[], Any]] = None,
     ) -> None:
+        """Wrap a connected socket.
+
+        Args:
+            sock: a gevent socket; or a plain ``_socket.socket`` or an
+                ``Accepted``, which the ``Socket`` then owns.
+            server: the ``Server`` that accepted it; it counts the
+                connection until this process is done with it.
+            paused: whether reading waits for ``resume()``.
+            allow_half_open: whether the peer's EOF leaves our side open.
+            on_done: called once, with no arguments, when this process is
+                done with the connection: destroyed (``end()`` included),
+                sent on and acknowledged, its ``socket`` closed or detached,
+                or collected unclosed. Never in the middle of the garbage
+                collector: then on the hub's next turn. It must not block;
+                what it raises is logged.
+
+        Raises:
+            TypeError: ``on_done`` is not callable.
+        """
         super().__init__()
         # A gevent socket; or, until ``socket`` is first asked for, a plain
         # ``_socket.socket`` (received) or an ``Accepted`` fd: a connection
@@ -107,9 +94,14 @@ class Socket(EventEmitter):
         self.server = server
         self.allow_half_open = allow_half_open
         self._paused = paused
+        if on_done is not None and not callable(on_done):
+            raise TypeError(f"on_done must be callable, not {type(on_done).__name__}")
+        if on_done is not None:
+            self._on_done = on_done
 
     # Per-socket state starts as these class-wide defaults: a hand-off makes
     # a Socket on each side, and most of its state is never touched.
+    _sock: Any = None
     bytes_read = 0
     bytes_written = 0
     destroyed = False
@@ -124,20 +116,51 @@ class Socket(EventEmitter):
     _decoder: Any = None  # an incremental decoder, after set_encoding()
     _timeout: Any = None
     _idle = False
-    _peer: Any = None
+    _peer: Any = None  # (host, port) once known
     _lingering: Any = None  # (io watcher, timer) while end() drains
+    _on_done: Optional[Callable[[], Any]] = None
+    _done: Optional[Lifetime] = None  # once ``socket`` was handed out, or collected
+    _finished = False  # counted out and on_done called, without a Lifetime
+    _in_flight = False  # handed to a channel, not yet acknowledged or returned
+    _sent = False  # acknowledged with keep_open: another process has it too
 
     @property
     def socket(self) -> Any:
-        """The underlying gevent socket (``recv``, ``sendall``, ``makefile``)."""
+        """The underlying gevent socket (``recv``, ``sendall``, ``makefile``).
+
+        Closing it (or detaching it) ends this process's part in the
+        connection, as ``destroy()`` does, without ``'close'``.
+        """
         if not isinstance(self._sock, gsocket.socket):
-            self._sock = _gevent_socket(self._raw_socket)
+            self._sock = gevent_socket(self._raw_socket, self._lifetime())
         return self._sock
+
+    def _lifetime(self) -> Lifetime:
+        """The ``Lifetime`` this socket shares with its gevent socket, made on first need.
+
+        Not before: a connection that is only handed on never needs one.
+        """
+        if self._done is None:
+            if self._finished:
+                self._done = Lifetime(None, None, self._sent)
+            else:
+                self._done = Lifetime(self.server, self._on_done, self._sent)
+        return self._done
+
+    def _finish(self) -> None:
+        """This process is done with the connection: count it out, call ``on_done`` (once)."""
+        if self._done is not None:
+            self._done()
+        elif not self._finished:
+            self._finished = True
+            report_done(self.server, self._on_done)
 
     @property
     def _raw_socket(self) -> Any:
         """The plain socket under this one; calls that must not wait pass ``MSG_DONTWAIT``."""
         if isinstance(self._sock, Accepted):
+            if self._peer is None:
+                self._peer = _address(self._sock.peer)  # accept told us: keep it
             self._sock = self._sock.to_socket()
         return _raw(self._sock)
 
@@ -169,12 +192,27 @@ class Socket(EventEmitter):
         return self._sockname()[1]
 
     def _peername(self) -> tuple:
+        """(host, port) of the peer, remembered once known.
+
+        An accepted socket knows it from ``accept``; a received one asks the
+        kernel the first time, which fails once the peer has reset the
+        connection: so it is asked as soon as the socket is used here.
+        """
         if self._peer is None:
             try:
                 self._peer = _address(self._sock.getpeername())
             except OSError:
                 return (None, None)
         return self._peer
+
+    def _peer_label(self) -> str:
+        """``host:port`` (``[host]:port`` for IPv6), or ``unknown peer``."""
+        host, port = self._peername()
+        if host is None:
+            return "unknown peer"
+        if port is None:
+            return str(host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _sockname(self) -> tuple:
         try:
@@ -215,6 +253,7 @@ class Socket(EventEmitter):
 
     def _start_reading(self) -> None:
         if self._reader is None and not self.destroyed and not self._read_eof:
+            self._peername()  # while the kernel still knows it (see _peername)
             self._reader = gevent.spawn(self._read_loop)
 
     def _read_loop(self) -> None:
@@ -247,7 +286,7 @@ class Socket(EventEmitter):
 
     # -- writing ----------------------------------------------------------
 
-    def write(self, data: Union[bytes, str], callback: Optional[Callable] = None) -> bool:
+    def write(self, data: Union[bytes, str, memoryview], callback: Optional[Callable] = None) -> bool:
         """Write ``data`` (``str`` is UTF-8 encoded) without blocking the caller.
 
         Returns:
@@ -262,7 +301,7 @@ class Socket(EventEmitter):
             return False
         if not self._pending:
             try:
-                sent = self._raw_socket.send(data, _DONTWAIT)
+                sent = self._raw_socket.send(data, DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -280,6 +319,7 @@ class Socket(EventEmitter):
         self._pending.append([data, callback])
         self._pending_bytes += len(data)
         if self._writer is None:
+            self._peername()  # while the kernel still knows it (see _peername)
             self._writer = gevent.spawn(self._write_loop)
         if self._pending_bytes < HIGH_WATER_MARK:
             return True
@@ -355,20 +395,17 @@ class Socket(EventEmitter):
         self._paused = True
         loop = gevent.get_hub().loop
         raw = self._raw_socket
+        if raw.fileno() < 0:  # its ``socket`` was closed: nothing to drain
+            self._lingered()
+            return
         self._lingering = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
         self._lingering[1].start(self._lingered)
         self._lingering[0].start(self._drain, raw)
 
     def _drain(self, raw: Any) -> None:
         """The socket is readable while lingering (runs in the hub)."""
-        try:
-            while raw.recv(READ_SIZE, _DONTWAIT):
-                pass
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        self._lingered()
+        if drained(raw):
+            self._lingered()
 
     def _lingered(self) -> None:
         self._stop_lingering()
@@ -387,7 +424,11 @@ class Socket(EventEmitter):
     # -- closing ----------------------------------------------------------
 
     def destroy(self, error: Optional[BaseException] = None) -> None:
-        """Close at once; ``'close'(had_error)`` follows."""
+        """Close at once; ``'close'(had_error)`` follows.
+
+        A socket being sent (not yet acknowledged) keeps its fd until the
+        hand-off is settled: the channel still has to send it.
+        """
         if self.destroyed:
             return
         self.destroyed = True
@@ -396,20 +437,54 @@ class Socket(EventEmitter):
         for greenlet in (self._reader, self._writer):
             if greenlet is not None and greenlet is not gevent.getcurrent():
                 greenlet.kill(block=False)
-        self._sock.close()
-        if self.server is not None:
-            self.server._connection_closed()
+        if not self._in_flight:
+            self._close()
         if error is not None:
             self.emit("error", error)
         self.emit("close", error is not None)
 
+    def _close(self) -> None:
+        """Close our fd; this process is done with the connection."""
+        self._sock.close()
+        self._finish()
+
+    def __del__(self) -> None:
+        """Collected while still open: close the connection, gracefully.
+
+        Once ``socket`` was handed out, that gevent socket does this when it
+        is collected (or closed) itself.
+        """
+        sock = self._sock
+        if sock is None or self.destroyed or isinstance(sock, gsocket.socket):
+            return
+        if isinstance(sock, Accepted):
+            if sock.fd < 0:
+                return
+            sock = sock.to_socket()
+        elif sock.fileno() < 0:
+            return
+        close_later(sock, not self._sent, self._lifetime())
+
+    def _abandoned(self) -> None:
+        """A listener this socket was given raised: end it if it is still ours.
+
+        Not if it was destroyed, or sent (in flight, or acknowledged with
+        ``keep_open``: another process has the connection).
+        """
+        if self.destroyed or self._in_flight or self._sent:
+            return
+        if self._raw_socket.fileno() < 0:  # its ``socket`` was closed already
+            self.destroy()
+        else:
+            self.end()
+
     def _fail(self, exc: BaseException) -> None:
         if not self.destroyed:
+            self._peername()  # a last chance, for the report
             self.destroy(exc)
 
     def _unhandled_error(self, err: Any) -> None:
-        log.warning("socket error with no 'error' listener (%s:%s): %r",
-                    *self._peername(), err)
+        log.warning("socket error with no 'error' listener (%s): %r", self._peer_label(), err)
         if not self.destroyed:  # emitted by hand, not by destroy(err)
             self.destroy()
 
@@ -454,25 +529,54 @@ class Socket(EventEmitter):
     # -- sending to another process ----------------------------------------
 
     def _handoff(self) -> int:
-        """Stop using the socket here so it can be sent; return its fd."""
+        """Stop using the socket here so that it can be sent; return its fd.
+
+        The socket is in flight until ``_release`` or ``_returned``.
+
+        Raises:
+            InvalidHandleTypeError: destroyed, or its ``socket`` closed.
+            ValueError: already in flight (sent, not yet acknowledged).
+        """
         if self.destroyed:
             raise InvalidHandleTypeError("cannot send a destroyed socket")
+        if self._in_flight:
+            raise ValueError(
+                "this net.Socket is already being sent (not yet acknowledged); "
+                "wait for the first send's callback"
+            )
+        fd: int = self._sock.fileno()
+        if fd < 0:
+            raise InvalidHandleTypeError("cannot send a closed socket")
         if self._reader is not None:
             self._reader.kill()
             self._reader = None
         self._stop_timer()
+        self._in_flight = True
         if self.server is not None:
             self.server._handed_off = True
-        return self._sock.fileno()
+        return fd
 
     def _release(self, keep_open: bool) -> None:
         """The receiver has the socket: close our copy (without a FIN) unless ``keep_open``."""
-        if keep_open or self.destroyed:
+        self._in_flight = False
+        if keep_open and not self.destroyed:
+            self._sent = True
+            if self._done is not None:
+                self._done.shared = True
             return
         self.destroyed = True
-        self._sock.close()
-        if self.server is not None:
-            self.server._connection_closed()
+        self._close()
+
+    def _returned(self) -> None:
+        """The hand-off failed (NACK, channel closed, send error): the socket is ours again.
+
+        Its paused state is kept and its reader not restarted, so it can be
+        sent again with every unread byte still in the kernel. Destroyed
+        while in flight, it is closed now.
+        """
+        self._in_flight = False
+        if self.destroyed:
+            self._close()
 
     def __repr__(self) -> str:
         state = "destroyed" if self.destroyed else "paused" if self._paused else "open"

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Optional
 
-from ._dispatch import submit
+from ._dispatch import submit_listener
+from .errors import GeventforkError
 
 __all__ = ["EventEmitter"]
 
@@ -23,6 +25,13 @@ class EventEmitter:
     order, in the emitting greenlet.
 
     An ``'error'`` emitted with no listener raises it, as in Node.
+
+    A spawned listener that raises is passed to ``_listener_failed``: by
+    default it ends each ``net.Socket`` among the event's arguments that is
+    still this process's own, so a connection whose handler failed is closed
+    gracefully at once instead of waiting for the garbage collector. The
+    hub then prints the traceback, except for a ``GeventforkError``, which
+    is one warning line on the ``geventfork`` logger.
     """
 
     _spawned_events: frozenset = frozenset(("message", "connection"))
@@ -92,13 +101,14 @@ class EventEmitter:
                 self._unhandled_error(args[0] if args else None)
             return False
         if event in self._spawned_events:
-            for fn in tuple(listeners):
+            snapshot = tuple(listeners)
+            for fn in snapshot:
                 if hasattr(fn, "listener"):
                     # A once() wrapper removes itself only when its greenlet
                     # runs; remove it now, as Node does at emit time, or a
                     # second emit before then would run it (and count it) again.
                     self.off(event, fn)
-                submit(fn, *args)
+            submit_listener(self, event, snapshot, args)
         else:
             for fn in tuple(listeners):
                 fn(*args)
@@ -112,3 +122,50 @@ class EventEmitter:
 
     def _listeners_changed(self, event: str) -> None:
         """Hook: ``event`` gained or lost a listener."""
+
+    def _listener_failed(self, event: str, listener: Listener, args: tuple, exc: BaseException) -> bool:
+        """Hook: ``listener``, of a spawned ``event``, raised ``exc``.
+
+        Runs in the listener's greenlet. The default ends every argument
+        that can be abandoned (a ``net.Socket`` not sent on nor destroyed:
+        see ``Socket._abandoned``), so that no connection is left without
+        an owner. A ``GeventforkError`` (the channel closed under a send,
+        a handle ``send`` refused, ...) is then logged as one warning line
+        naming the listener's line, since its traceback would show only the
+        library's internals; any other exception is left to the hub, which
+        prints its traceback.
+
+        Args:
+            event: the event, e.g. ``'connection'`` or ``'message'``.
+            listener: the listener that raised.
+            args: the arguments it was called with.
+            exc: what it raised.
+
+        Returns:
+            Whether ``exc`` was reported here (else the hub reports it).
+        """
+        for arg in args:
+            # Looked up on the type: an argument's own __getattr__ never runs.
+            abandoned = getattr(type(arg), "_abandoned", None)
+            if abandoned is not None:
+                abandoned(arg)
+        if not isinstance(exc, GeventforkError):
+            return False
+        log.warning("%r listener %s failed: %s: %s",
+                    event, _where(listener, exc), type(exc).__name__, exc)
+        return True
+
+
+def _where(listener: Listener, exc: BaseException) -> str:
+    """``name (file:line)``: the listener and the last line of user code ``exc`` passed."""
+    listener = getattr(listener, "listener", listener)  # a once() wrapper's function
+    name = getattr(listener, "__qualname__", None) or repr(listener)
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    place = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(package):
+            place = f"{os.path.basename(filename)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return f"{name} ({place})" if place else name

@@ -6,6 +6,8 @@ emitting greenlet. An ``'error'`` nobody listens for raises.
 """
 from __future__ import annotations
 
+import logging
+
 import gevent
 import pytest
 from gevent.event import Event
@@ -401,3 +403,137 @@ def test_once_on_a_spawned_event_is_removed_at_emit(event: str) -> None:
     assert emitter.emit(event, 2) is False
     assert ran.wait(timeout=TIMEOUT), "the once listener never ran"
     assert seen == [1]
+
+
+# ---------------------------------------------------------------- a listener that raised
+
+
+class FailureHooked(EventEmitter):
+    """Records the ``_listener_failed`` hook (what ends a failed handler's socket)."""
+
+    def __init__(self, order: list) -> None:
+        super().__init__()
+        self.order = order
+
+    def _listener_failed(self, event, listener, args, exc) -> bool:
+        self.order.append(("hook", event, listener.__name__, args, str(exc)))
+        return False
+
+
+@pytest.fixture
+def reported():
+    """What the hub reports of raising listeners, in order (instead of printing it)."""
+    hub = gevent.get_hub()
+    log: list = []
+    original = hub.handle_error
+    hub.handle_error = lambda context, type_, value, tb: log.append(("hub", str(value)))
+    yield log
+    hub.handle_error = original
+
+
+@pytest.mark.parametrize("event", SPAWNED)
+def test_a_raising_spawned_listener_is_told_to_the_emitter_before_the_hub(
+    event: str, reported: list
+) -> None:
+    emitter = FailureHooked(reported)
+
+    def listener(n, tag):
+        if n == 2:
+            raise ValueError("listener failed")
+
+    emitter.on(event, listener)
+    for n in range(4):
+        emitter.emit(event, n, "x")
+    wait_until(lambda: len(reported) == 2, "the failure to be reported")
+    gevent.sleep(0.01)
+    assert reported == [
+        ("hook", event, "listener", (2, "x"), "listener failed"),
+        ("hub", "listener failed"),
+    ]
+
+
+def test_a_raising_plain_listener_propagates_without_the_hook(reported: list) -> None:
+    emitter = FailureHooked(reported)
+    emitter.on("data", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        emitter.emit("data")
+    assert reported == []
+
+
+def test_a_hook_that_raises_is_reported_not_raised(reported: list) -> None:
+    class Broken(EventEmitter):
+        def _listener_failed(self, event, listener, args, exc) -> bool:
+            raise RuntimeError("hook failed")
+
+    emitter, after = Broken(), Event()
+    emitter.on("message", lambda: 1 / 0)
+    emitter.on("message", after.set)
+    emitter.emit("message")
+    assert after.wait(timeout=TIMEOUT)  # the next listener still runs
+    assert [entry[1] for entry in reported] == ["hook failed", "division by zero"]
+
+
+def test_the_default_hook_abandons_arguments_that_can_be_abandoned(reported: list) -> None:
+    class Orphan:
+        abandoned = 0
+
+        def _abandoned(self) -> None:
+            self.abandoned += 1
+
+    orphan, emitter = Orphan(), EventEmitter()
+
+    def listener(*args):
+        raise ValueError("listener failed")
+
+    emitter.on("connection", listener)
+    emitter.emit("connection", orphan, {"_abandoned": "not looked up on instances"})
+    wait_until(lambda: reported, "the failure to be reported")
+    assert orphan.abandoned == 1
+
+
+@pytest.mark.parametrize("event", SPAWNED)
+def test_a_geventfork_error_from_a_listener_is_one_line_naming_it(
+    event: str, reported: list, caplog
+) -> None:
+    from geventfork.errors import ChannelClosedError
+
+    emitter = EventEmitter()
+
+    @emitter.once(event)
+    def on_event():
+        raise ChannelClosedError("the IPC channel is closed")
+
+    with caplog.at_level(logging.WARNING, logger="geventfork"):
+        emitter.emit(event)
+        wait_until(lambda: caplog.records, "the warning")
+    gevent.sleep(0.01)
+    assert reported == []  # no traceback from the hub
+    [record] = caplog.records
+    line = f"test_events.py:{on_event.__code__.co_firstlineno + 2}"
+    assert record.getMessage() == (
+        f"'{event}' listener test_a_geventfork_error_from_a_listener_is_one_line_naming_it."
+        f"<locals>.on_event ({line}) failed: ChannelClosedError: the IPC channel is closed"
+    )
+    assert record.exc_info is None
+
+
+def test_a_runner_lets_go_of_a_finished_job_at_once() -> None:
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    emitter, ran = EventEmitter(), Event()
+    emitter.on("message", lambda payload: ran.set())
+    payload = Payload()
+    ref = weakref.ref(payload)
+    gc.disable()
+    try:
+        emitter.emit("message", payload)
+        del payload
+        assert ran.wait(timeout=TIMEOUT)
+        gevent.sleep(0)  # the runner parks
+        assert ref() is None, "the parked runner still holds the job's arguments"
+    finally:
+        gc.enable()
