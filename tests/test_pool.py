@@ -4,6 +4,7 @@ The pool runs in the test process for the tests of sending, and in a parent
 process of its own (``tests/children/pool_parent.py``) for the tests of
 shutting down, so that the parent can be sent SIGTERM or SIGKILL.
 """
+import contextlib
 import json
 import logging
 import os
@@ -281,14 +282,15 @@ def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
     pool.on("error", errors.put)
     server.on("connection", lambda conn: pool.send("socket", conn))
     port = server.address()["port"]
-    waiting = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(3)]
-    err = errors.get(timeout=4 * TIMEOUT)
-    assert isinstance(err, WorkerStartupError)
-    assert err.exit_code == 3 and err.signal_code is None
-    assert "something went wrong" in err.stderr and "crash " in err.stderr.splitlines()[-1]
-    assert len(err.stderr.splitlines()) <= _pool.STDERR_LINES
-    for sock in waiting:  # queued while no worker got going: ended, not left hanging
-        with sock:
+    with contextlib.ExitStack() as stack:
+        waiting = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+                   for _ in range(3)]
+        err = errors.get(timeout=4 * TIMEOUT)
+        assert isinstance(err, WorkerStartupError)
+        assert err.exit_code == 3 and err.signal_code is None
+        assert "something went wrong" in err.stderr and "crash " in err.stderr.splitlines()[-1]
+        assert len(err.stderr.splitlines()) <= _pool.STDERR_LINES
+        for sock in waiting:  # queued while no worker got going: ended, not left hanging
             assert read_to_eof(sock) == b""
     assert ask(port) == b""  # a new connection fails at once
     failed = AsyncResult()
