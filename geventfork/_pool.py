@@ -1,15 +1,19 @@
 """``Pool``: a fixed number of forked workers that loses no connection.
 
 A dead worker is restarted, with back-off, and what it had not begun on goes
-to another worker. On Linux the pool keeps its own copy of each ``net.Socket``
-it sends until the kernel's byte counts show the worker began on it, so even
-one acknowledged just before the worker died is re-sent.
+to another worker. On Linux the pool keeps its own copy of each TCP
+``net.Socket`` it sends until the worker says it is done with the connection
+(the channel's ``on_done``); when a worker dies first, the kernel's byte
+counts say whether it had begun: a connection it had not is sent to another
+worker, one it had is ended gracefully by the pool. Nothing polls.
 
 Run as a module, this file is the workers' entry point: it runs the user's
-script and bounds how long a worker outlives its channel.
+script, tells the pool when the script is ready or retires, and bounds how
+long a worker outlives its channel.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal as _signal
 import sys
@@ -23,21 +27,32 @@ from gevent.event import Event
 from . import _handles, _platform
 from ._stream import Socket
 from .child_process import ChildProcess, fork, resolve_module
-from .errors import ChannelClosedError
+from .errors import ChannelClosedError, GeventforkError, ProtocolError
 from .events import EventEmitter
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "WorkerStartupError"]
+
+log = logging.getLogger("geventfork")
 
 #: Seconds before a dead worker's first restart; doubled for each quick death.
 RESTART_DELAY = 0.1
 #: The longest wait between restarts, in seconds.
 MAX_RESTART_DELAY = 3.0
-#: A worker that stayed up this many seconds resets its slot's back-off.
+#: A worker that stayed up this many seconds resets its slot's back-off, and
+#: counts as ready even if nothing else said so.
 STABLE_AFTER = 5.0
-#: Seconds between checks of the connections the pool holds a copy of. Each
-#: check costs three syscalls per held connection; the copies (one fd each)
-#: live until the next check after their worker began on them.
-SWEEP_INTERVAL = 0.05
+#: Workers that exit before they are ready, in a row over the whole pool,
+#: that make it report a crash loop and fail sends until one is ready.
+CRASH_LOOP = 5
+#: Lines of a worker's stderr kept for the crash-loop report.
+STDERR_LINES = 20
+#: The longest stderr line read at once, in bytes.
+STDERR_LINE_SIZE = 64 * 1024
+#: Seconds the crash-loop report waits for the rest of a dead worker's stderr.
+STDERR_GRACE = 1.0
+#: The workers' stdio when the caller chose none: stderr is piped, copied to
+#: ours line by line, and its last lines kept for the crash-loop report.
+STDIO = ("inherit", "inherit", "pipe")
 #: Default seconds a worker gets to finish its connections once its channel
 #: has closed (``close()``, or the parent died), before it is ended.
 SHUTDOWN_TIMEOUT = 10.0
@@ -46,28 +61,53 @@ KILL_TIMEOUT = 5.0
 
 STRATEGIES = ("round_robin", "least_busy")
 
+# Messages between the pool and its workers' entry point, filtered out of the
+# pool's 'message' events (Node's cluster reserves ``cmd: "NODE_..."`` alike).
+_CMD = "GEVENTFORK_POOL"
+READY = {"cmd": _CMD, "state": "ready"}
+RETIRING = {"cmd": _CMD, "state": "retiring"}
 
-def _let_go(handle: Any) -> None:
-    """Close a handle nobody will serve: a ``net.Socket`` gracefully."""
-    if isinstance(handle, Socket):
-        handle.end()
-    else:
-        _handles.close(handle)
+
+class WorkerStartupError(GeventforkError):
+    """The pool's workers keep exiting before they are ready.
+
+    Attributes:
+        exit_code: the last worker's exit status (None if a signal ended it).
+        signal_code: the signal that ended it (``"SIGKILL"``), or None.
+        stderr: the last lines it wrote to stderr (empty if not captured).
+    """
+
+    code = "ERR_POOL_WORKER_STARTUP"
+
+    def __init__(self, exit_code: Optional[int], signal_code: Optional[str], stderr: str) -> None:
+        how = f"signal {signal_code}" if signal_code else f"status {exit_code}"
+        summary = f"pool workers exit before they are ready ({CRASH_LOOP} in a row; last: {how})"
+        super().__init__(summary + (":\n" + stderr.rstrip("\n") if stderr else ""))
+        self.summary = summary
+        self.exit_code = exit_code
+        self.signal_code = signal_code
+        self.stderr = stderr
 
 
 class _Job:
-    """One ``Pool.send()``, until a worker has it for good."""
+    """One ``Pool.send()``, until it is delivered for good or fails."""
 
-    __slots__ = ("message", "handle", "options", "callback", "baseline", "reported")
+    __slots__ = ("message", "handle", "options", "callback", "baseline", "worker",
+                 "reported", "done", "refused_by", "lost")
 
     def __init__(self, message: Any, handle: Any, options: Optional[dict], callback: Any) -> None:
         self.message = message
         self.handle = handle
         self.options = options
         self.callback = callback
-        #: ``_platform.tcp_progress()`` when first sent, if the pool keeps its own copy.
+        #: ``_platform.tcp_progress()`` when first sent, for a connection the
+        #: pool keeps a copy of ("tracked"); None otherwise.
         self.baseline: Optional[tuple] = None
+        self.worker: Optional[_Worker] = None  # the worker it is with now
         self.reported = False
+        self.done = False  # the worker said it is done with the connection
+        self.refused_by: set = set()  # pids of workers that lost its fd (NACK)
+        self.lost: Optional[BaseException] = None  # the last NACK's error
 
     def untouched(self) -> bool:
         """Whether no worker has read, written or shut the connection down."""
@@ -77,19 +117,39 @@ class _Job:
 class _Worker:
     """A worker and what the pool has sent it."""
 
-    __slots__ = ("child", "slot", "started", "sending", "held", "exited")
+    __slots__ = ("child", "slot", "started", "ready", "retiring", "exited", "sending",
+                 "serving", "stderr", "reader", "timer")
 
     def __init__(self, child: ChildProcess, slot: int) -> None:
         self.child = child
         self.slot = slot
         self.started = time.monotonic()
-        self.sending = 0  # sends not yet acknowledged
-        self.held: set = set()  # acknowledged, not yet begun on; the pool has a copy
+        self.ready = False  # its script got going (see Pool._ready)
+        self.retiring = False  # it said it disconnects on purpose
         self.exited = False
+        self.sending: set = set()  # jobs sent, not yet acknowledged or failed
+        self.serving: set = set()  # tracked jobs it has, or had when it died
+        self.stderr: deque = deque(maxlen=STDERR_LINES)
+        self.reader: Optional[gevent.Greenlet] = None  # copies its stderr
+        self.timer: Any = None  # makes it ready after STABLE_AFTER s
 
     @property
     def load(self) -> int:
-        return self.sending + len(self.held)
+        return len(self.sending) + len(self.serving)
+
+
+def _tracked_baseline(handle: Any, options: Optional[dict]) -> Optional[tuple]:
+    """The byte counts of a TCP ``net.Socket`` the pool will keep a copy of, else None.
+
+    Not when the caller keeps its own copy (``keep_open``), nor where the
+    kernel does not say (not Linux, not TCP), nor for a connection shut down.
+    """
+    if not isinstance(handle, Socket) or (options and options.get("keep_open")):
+        return None
+    progress = _platform.tcp_progress(handle._raw_socket)
+    if progress is None or progress[0]:
+        return None
+    return progress
 
 
 class Pool(EventEmitter):
@@ -97,7 +157,8 @@ class Pool(EventEmitter):
 
     Events: ``'spawn'(worker)``, ``'message'(worker, message, handle)``,
     ``'exit'(worker, code, signal)``, ``'error'(err)``, ``'close'``. Each
-    ``worker`` is the ``ChildProcess``.
+    ``worker`` is the ``ChildProcess``. An ``'error'`` with no listener is
+    logged as one warning line on the ``geventfork`` logger.
 
     Args:
         module: the worker script (a path or dotted module name), as for
@@ -105,11 +166,13 @@ class Pool(EventEmitter):
         size: how many workers to keep running.
         args: the workers' arguments (``process.argv[2:]``).
         strategy: ``"round_robin"``, or ``"least_busy"``: the worker with
-            the fewest sends not yet acknowledged or connections not yet
-            begun on.
+            the fewest sends not yet acknowledged and connections it serves.
         shutdown_timeout: seconds a worker gets to finish its connections
             once its channel closes (``close()``, or the parent died).
-        **options: ``fork()``'s options.
+        **options: ``fork()``'s options. Unless ``silent`` or ``stdio`` is
+            given, the workers' stderr is piped through the pool, which
+            copies it to ours and keeps its last lines for the crash-loop
+            ``'error'``.
 
     Raises:
         ValueError: an unknown strategy, or a size below 1.
@@ -136,16 +199,19 @@ class Pool(EventEmitter):
         self.size = size
         self.strategy = strategy
         self.shutdown_timeout = shutdown_timeout
-        self._options = options
-        self._live: list = []  # _Worker, in slot order
+        self._tail_stderr = "silent" not in options and "stdio" not in options
+        self._options = {**options, "stdio": STDIO} if self._tail_stderr else options
+        self._live: list = []  # _Worker not gone yet, in slot order
         self._failures = [0] * size  # quick deaths in a row, per slot
         self._restarts: dict = {}  # slot -> the greenlet that will respawn it
         self._queue: deque = deque()  # _Job, while no worker is connected
+        self._jobs: dict = {}  # id(handle) -> _Job, for the handles in our care
         self._turn = 0
+        self._unready_exits = 0  # workers that died before they were ready, in a row
+        self._failed: Optional[WorkerStartupError] = None  # set during a crash loop
         self._closing = False
         self._closed = False
-        self._all_exited = Event()
-        self._sweeper = gevent.get_hub().loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL, ref=False)
+        self._all_gone = Event()
         for slot in range(size):
             self._spawn(slot, announce=False)
         for worker in self._live:  # now, so that a listener added next sees them all
@@ -154,7 +220,7 @@ class Pool(EventEmitter):
     @property
     def workers(self) -> list:
         """The workers running now (``ChildProcess``), in slot order."""
-        return [worker.child for worker in self._live]
+        return [worker.child for worker in self._live if not worker.exited]
 
     def send(
         self,
@@ -165,13 +231,12 @@ class Pool(EventEmitter):
     ) -> bool:
         """Send ``message`` (and a handle) to a live worker; see ``ChildProcess.send``.
 
-        If the worker dies first, the message goes to another; so does a
-        ``net.Socket`` its worker had not begun on (judged by the kernel's
-        byte counts, on Linux; elsewhere, and with ``keep_open``, only one
-        it had not acknowledged). With no worker connected, it waits for
-        one. ``callback(err)`` is called once: ``None`` when a worker first
-        acknowledged it, or the error; without a callback, an error is
-        emitted as ``'error'`` and the handle closed.
+        ``callback(err)`` is called once: ``None`` when a worker acknowledged
+        it, or the error. If the worker dies first, the message goes to
+        another; so does a connection the worker had not begun on, and one
+        whose fd the worker lost (NACK). With no worker connected, it waits
+        for one. A send that fails with no callback ends its ``net.Socket``
+        gracefully (the client gets EOF) and is reported once, as ``'error'``.
 
         Returns:
             False when it waits for a worker or the worker's queue is past
@@ -179,17 +244,26 @@ class Pool(EventEmitter):
 
         Raises:
             InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
+            ValueError: ``handle`` is being sent already.
             SerializationError: ``message`` cannot be serialised (raised
                 when a worker is connected, else passed to the callback).
         """
         if handle is not None:
             _handles.check(handle)
+            if id(handle) in self._jobs:
+                raise ValueError("this handle is being sent already")
         job = _Job(message, handle, options, callback)
-        if isinstance(handle, Socket) and not (options and options.get("keep_open")):
-            progress = _platform.tcp_progress(handle._raw_socket)
-            if progress is not None and not progress[0]:
-                job.baseline = progress
-        return self._dispatch(job)
+        if self._failed is not None:
+            self._fail(job, self._failed, report=False)
+            return False
+        job.baseline = _tracked_baseline(handle, options)
+        if handle is not None:
+            self._jobs[id(handle)] = job
+        try:
+            return self._dispatch(job)
+        except BaseException:
+            self._jobs.pop(id(handle), None)
+            raise
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop; let each worker finish its connections and exit; wait for them.
@@ -211,20 +285,18 @@ class Pool(EventEmitter):
                 self._fail(self._queue.popleft(), ChannelClosedError("the pool is closed"))
             for worker in self._live:
                 worker.child.disconnect()
-            self._maybe_all_exited()
+            self._maybe_all_gone()
         wait = self.shutdown_timeout if timeout is None else timeout
-        if not self._all_exited.wait(wait):
+        if not self._all_gone.wait(wait):
             for worker in list(self._live):
                 worker.child.kill(_signal.SIGKILL)
-            self._all_exited.wait(KILL_TIMEOUT)
-        self._sweeper.stop()
+            self._all_gone.wait(KILL_TIMEOUT)
         if not self._closed:
             self._closed = True
             self.emit("close")
 
     def __repr__(self) -> str:
-        pids = [worker.child.pid for worker in self._live]
-        return f"<Pool {self.module!r} size={self.size} workers={pids}>"
+        return f"<Pool {self.module!r} size={self.size} workers={[w.pid for w in self.workers]}>"
 
     # -- workers ----------------------------------------------------------
 
@@ -235,9 +307,14 @@ class Pool(EventEmitter):
         args = [self.shutdown_timeout, self.module, *self.args]
         child = fork(__name__, args, **self._options)
         worker = _Worker(child, slot)
-        child.on("message", lambda message, handle: self._forward(child, message, handle))
+        child.on("message", lambda message, handle: self._forward(worker, message, handle))
         child.on("exit", lambda code, signal: self._exited(worker, code, signal))
+        child.on("close", lambda code, signal: self._gone(worker))
         child.on("error", lambda err: self._worker_error(worker, err))
+        if self._tail_stderr and child.stderr is not None:
+            worker.reader = gevent.spawn(_copy_stderr, child.stderr, worker.stderr)
+        worker.timer = gevent.get_hub().loop.timer(STABLE_AFTER, ref=False)
+        worker.timer.start(self._ready, worker)
         self._live.append(worker)
         self._live.sort(key=lambda w: w.slot)
         if announce:
@@ -248,53 +325,111 @@ class Pool(EventEmitter):
         if child.pid is not None:
             gevent.spawn(self.emit, "spawn", child)
 
-    def _forward(self, child: ChildProcess, message: Any, handle: Any) -> None:
+    def _forward(self, worker: _Worker, message: Any, handle: Any) -> None:
+        if isinstance(message, dict) and message.get("cmd") == _CMD and handle is None:
+            if message.get("state") == "retiring":
+                worker.retiring = True
+            self._ready(worker)
+            return
         if self.listener_count("message"):
-            self.emit("message", child, message, handle)
+            self.emit("message", worker.child, message, handle)
         elif handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 
+    def _ready(self, worker: _Worker) -> None:
+        """``worker`` got going: its script's top level returned, it
+        acknowledged a send, or it stayed up ``STABLE_AFTER`` s."""
+        if worker.ready or worker.exited:
+            return
+        worker.ready = True
+        worker.timer.stop()
+        self._unready_exits = 0
+        self._failed = None
+
     def _worker_error(self, worker: _Worker, err: BaseException) -> None:
-        if worker.child.pid is None:  # it never started: no 'exit' will come
+        if worker.child.pid is None and worker in self._live:  # it never started
+            worker.exited = True
             self._gone(worker)
         self.emit("error", err)
 
     def _exited(self, worker: _Worker, code: Optional[int], signal: Optional[str]) -> None:
-        self._gone(worker)
+        """The process is gone; what it held is judged once its channel closed too."""
+        worker.exited = True
+        worker.timer.stop()
         self.emit("exit", worker.child, code, signal)
 
     def _gone(self, worker: _Worker) -> None:
-        """The worker is dead: recover what it held, schedule its restart."""
+        """Exited, channel closed, every answer in: recover what it held; replace it."""
+        if worker not in self._live:
+            return
         worker.exited = True
+        worker.timer.stop()
         self._live.remove(worker)
-        held, worker.held = worker.held, set()
-        for job in held:
-            self._recover(job)
-        self._schedule_restart(worker)
-        self._maybe_all_exited()
+        # Every send to it was answered (ACK, NACK or ChannelClosedError)
+        # before its channel closed; a job left here is judged the same way.
+        left = list(worker.serving) + list(worker.sending)
+        worker.serving.clear()
+        worker.sending.clear()
+        for job in left:
+            if job.worker is worker:
+                job.worker = None
+                self._recover(job)
+        self._replace(worker)
+        self._maybe_all_gone()
 
-    def _schedule_restart(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker) -> None:
+        """Respawn ``worker``'s slot: at once after a retirement, else with back-off."""
         if self._closing:
             return
-        slot = worker.slot
+        slot, child = worker.slot, worker.child
+        if worker.retiring and child.exit_code == 0:
+            self._failures[slot] = 0
+            self._spawn(slot)
+            return
+        if not worker.ready:
+            self._unready_exits += 1
+            if self._unready_exits == CRASH_LOOP:
+                gevent.spawn(self._crash_loop, worker)
         if time.monotonic() - worker.started >= STABLE_AFTER:
             self._failures[slot] = 0
         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failures[slot])
         self._failures[slot] = min(self._failures[slot] + 1, 32)
         self._restarts[slot] = gevent.spawn_later(delay, self._spawn, slot)
 
-    def _maybe_all_exited(self) -> None:
+    def _crash_loop(self, worker: _Worker) -> None:
+        """Report workers that never get going; fail sends until one does."""
+        if worker.reader is not None:
+            worker.reader.join(STDERR_GRACE)  # its last words
+        if self._unready_exits < CRASH_LOOP or self._closing:
+            return  # a worker got going meanwhile
+        child = worker.child
+        err = WorkerStartupError(child.exit_code, child.signal_code, "".join(worker.stderr))
+        self._failed = err
+        while self._queue:
+            self._fail(self._queue.popleft(), err, report=False)
+        self.emit("error", err)
+
+    def _maybe_all_gone(self) -> None:
         if self._closing and not self._live:
-            self._all_exited.set()
+            self._all_gone.set()
+
+    def _unhandled_error(self, err: Any) -> None:
+        """An ``'error'`` nobody listens for: one warning line, no traceback."""
+        line = getattr(err, "summary", None) or str(err).partition("\n")[0]
+        log.warning("Pool %s: %s: %s", self.module, type(err).__name__, line)
 
     # -- sending ----------------------------------------------------------
 
-    def _pick(self) -> Optional[_Worker]:
-        connected = [worker for worker in self._live if worker.child.connected]
-        if not connected:
-            return None
-        self._turn = (self._turn + 1) % len(connected)
-        ordered = connected[self._turn:] + connected[: self._turn]
+    def _connected(self) -> list:
+        """The workers a send may go to: connected, neither exited nor retiring."""
+        return [
+            worker for worker in self._live
+            if not worker.retiring and not worker.exited and worker.child.connected
+        ]
+
+    def _pick(self, workers: list) -> _Worker:
+        self._turn = (self._turn + 1) % len(workers)
+        ordered = workers[self._turn:] + workers[: self._turn]
         if self.strategy == "least_busy":
             return min(ordered, key=lambda worker: worker.load)
         return ordered[0]
@@ -304,20 +439,32 @@ class Pool(EventEmitter):
         if self._closing:
             self._fail(job, ChannelClosedError("the pool is closed"))
             return False
-        worker = self._pick()
-        if worker is None:
+        workers = self._connected()
+        if not workers:
             self._queue.append(job)
             return False
-        options = job.options
+        if job.refused_by:
+            workers = [w for w in workers if w.child.pid not in job.refused_by]
+            if not workers:  # every worker lost its fd: it will not fit anywhere now
+                self._fail(job, job.lost)
+                return False
+        worker = self._pick(workers)
+        options, extra = job.options, {}
         if job.baseline is not None:
             options = {**(options or {}), "keep_open": True}
-        worker.sending += 1
+            extra["on_done"] = lambda: self._done(worker, job)
+        elif job.handle is None:
+            extra["acknowledge"] = True
+        job.worker = worker
+        worker.sending.add(job)
         try:
-            return worker.child.send(
-                job.message, job.handle, options, lambda err: self._sent(worker, job, err)
+            return worker.child.channel.send(
+                job.message, job.handle, options,
+                lambda err: self._answered(worker, job, err), **extra,
             )
         except BaseException:
-            worker.sending -= 1
+            worker.sending.discard(job)
+            job.worker = None
             raise
 
     def _redispatch(self, job: _Job) -> None:
@@ -327,56 +474,67 @@ class Pool(EventEmitter):
             self._fail(job, exc)
 
     def _drain(self) -> None:
-        while self._queue and any(worker.child.connected for worker in self._live):
+        while self._queue and self._connected():
             self._redispatch(self._queue.popleft())
 
-    def _sent(self, worker: _Worker, job: _Job, err: Optional[BaseException]) -> None:
-        """``child.send``'s callback: acknowledged, or the channel closed first."""
-        worker.sending -= 1
+    def _answered(self, worker: _Worker, job: _Job, err: Optional[BaseException]) -> None:
+        """The channel's callback: the worker acknowledged, refused, or was gone."""
+        worker.sending.discard(job)
+        if job.worker is not worker:
+            return  # judged already, with its worker's death
         if err is None:
+            self._ready(worker)
             self._report(job, None)
-            if job.baseline is not None:
-                self._hold(worker, job)
-        elif not isinstance(err, ChannelClosedError):
+            if job.baseline is not None and not job.done:
+                worker.serving.add(job)  # until it is done with it, or dies
+            else:
+                job.worker = None
+                self._settled(job)
+        elif isinstance(err, ChannelClosedError) and job.baseline is not None:
+            worker.serving.add(job)  # judged by its bytes once the worker is gone
+        elif isinstance(err, (ChannelClosedError, ProtocolError)):
+            job.worker = None
+            if isinstance(err, ProtocolError):  # NACK: the worker lost the fd
+                job.refused_by.add(worker.child.pid)
+                job.lost = err
+            self._retry(job, err)
+        else:  # e.g. an OSError from sendmsg: this message cannot be sent
+            job.worker = None
             self._fail(job, err)
-        elif job.baseline is not None:
-            self._hold(worker, job)  # judged by its bytes once the worker is gone
-        else:
-            self._redispatch(job)
 
-    def _hold(self, worker: _Worker, job: _Job) -> None:
-        if worker.exited:
-            self._recover(job)
+    def _done(self, worker: _Worker, job: _Job) -> None:
+        """``on_done``: the worker is done with the connection; close our copy."""
+        if job.worker is not worker or job.done:
             return
-        worker.held.add(job)
-        if not self._sweeper.active:
-            self._sweeper.start(self._sweep)
+        job.done = True
+        self._ready(worker)
+        worker.serving.discard(job)
+        if job not in worker.sending:  # else its ACK, still to come, settles it
+            job.worker = None
+            self._settled(job)
+        job.handle.destroy()
 
     def _recover(self, job: _Job) -> None:
-        """A held connection's worker died: re-send it if untouched, else end it."""
-        if not job.untouched():
+        """A tracked connection's worker died: re-send it if untouched, else end it.
+
+        Judged once the worker is gone: a dead process cannot change the
+        kernel's byte counts any more.
+        """
+        if job.baseline is None or job.untouched():
+            self._retry(job, ChannelClosedError("the worker died before it began on it"))
+        else:
             self._report(job, None)  # a worker began on it: it was delivered
-            _let_go(job.handle)
-        elif self._closing:
+            self._settled(job)
+            job.handle.end()  # FIN after what the worker wrote; the client's bytes drained
+
+    def _retry(self, job: _Job, err: BaseException) -> None:
+        """Send ``job`` to another worker, unless the pool cannot any more."""
+        if self._closing:
             self._fail(job, ChannelClosedError("the pool is closed"))
+        elif self._failed is not None:
+            self._fail(job, self._failed, report=False)
         else:
             self._redispatch(job)
-
-    def _sweep(self) -> None:
-        """Close the copies of connections their worker has begun on (runs in the hub).
-
-        A worker that has died keeps its copies until ``_gone``, which ends
-        them gracefully: closing the last copy of a connection with unread
-        bytes would reset it, even after the worker wrote its whole answer.
-        """
-        for worker in self._live:
-            if not worker.held or not _platform.running(worker.child.pid):
-                continue
-            for job in [job for job in worker.held if not job.untouched()]:
-                worker.held.discard(job)
-                job.handle._release(False)
-        if not any(worker.held for worker in self._live):
-            self._sweeper.stop()
 
     # -- reporting --------------------------------------------------------
 
@@ -386,15 +544,51 @@ class Pool(EventEmitter):
             if job.callback is not None:
                 gevent.spawn(job.callback, err)
 
-    def _fail(self, job: _Job, err: BaseException) -> None:
-        """``job`` will not be sent: the callback gets ``err``, or the handle is closed."""
+    def _settled(self, job: _Job) -> None:
+        """``job`` is out of the pool's care: its handle may be sent again."""
+        if job.handle is not None and self._jobs.get(id(job.handle)) is job:
+            del self._jobs[id(job.handle)]
+
+    def _fail(self, job: _Job, err: BaseException, report: bool = True) -> None:
+        """``job`` will not be sent: the callback gets ``err``, or the socket is ended.
+
+        Without a callback the failure is reported once, as ``'error'``,
+        unless ``report`` is False (the error was emitted already) or the
+        pool is closing.
+        """
+        self._settled(job)
         if job.callback is not None and not job.reported:
             self._report(job, err)
             return
         if job.handle is not None:
             _let_go(job.handle)
-        if not self._closing:
+        if report and not self._closing:
             gevent.spawn(self.emit, "error", err)
+
+
+def _let_go(handle: Any) -> None:
+    """Close a handle nobody will serve: a ``net.Socket`` gracefully (EOF, not RST)."""
+    if isinstance(handle, Socket):
+        handle.end()
+    else:
+        _handles.close(handle)
+
+
+def _copy_stderr(pipe: Any, tail: deque) -> None:
+    """Copy a worker's stderr to ours, line by line, keeping the last lines in ``tail``."""
+    try:
+        while True:
+            line = pipe.readline(STDERR_LINE_SIZE)
+            if not line:
+                return
+            text = line.decode("utf-8", "replace")
+            tail.append(text)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed under us
+        pass
+    finally:
+        pipe.close()
 
 
 # -- the worker's side ----------------------------------------------------
@@ -409,7 +603,28 @@ def _worker_main(argv: list) -> None:
 
     grace, script, *args = argv
     process.on("disconnect", lambda: _exit_after(float(grace)))
+    _tell_the_pool(process)
     sys.exit(run_script(script, args))
+
+
+def _tell_the_pool(process: Any) -> None:
+    """Send ``READY`` once the script's top level returned, ``RETIRING`` before
+    the script disconnects on purpose (``process.disconnect()``)."""
+    top_level_done = process._top_level_done
+    disconnect = process.disconnect
+
+    def ready() -> None:
+        top_level_done()
+        if process.connected:
+            process.send(READY)
+
+    def retire() -> None:
+        if process.connected:
+            process.send(RETIRING)
+        disconnect()
+
+    process._top_level_done = ready
+    process.disconnect = retire
 
 
 def _exit_after(grace: float) -> None:

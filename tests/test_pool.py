@@ -4,7 +4,9 @@ The pool runs in the test process for the tests of sending, and in a parent
 process of its own (``tests/children/pool_parent.py``) for the tests of
 shutting down, so that the parent can be sent SIGTERM or SIGKILL.
 """
+import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,6 +20,8 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import Pool, _pool, net
+from geventfork._pool import WorkerStartupError
+from geventfork.errors import ProtocolError
 from helpers import (
     CHILDREN_DIR,
     TIMEOUT,
@@ -65,6 +69,16 @@ def ask(port, request=b"hello\n"):
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(request)
         return read_to_eof(sock, timeout=None)
+
+
+def fd_count():
+    """How many fds this process has open (``/proc/self/fd``)."""
+    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own
+
+
+def settle_fds(baseline, what):
+    """Wait until this process is back to ``baseline`` fds (deferred closes, lingering ends)."""
+    wait_until(lambda: fd_count() <= baseline, f"fds back to {baseline} {what}")
 
 
 def replies(pool):
@@ -190,6 +204,183 @@ def kill_workers(pool):
         victim = pool.workers[n % len(pool.workers)]
         kills += victim.kill(signal.SIGKILL)
     return kills
+
+
+# -- failures: every path ends its resources ---------------------------------
+
+
+def test_a_plain_message_a_killed_worker_never_read_goes_to_the_next(pools):
+    """Acknowledged on receipt: a message written to a worker that read nothing more is re-sent."""
+    pool = pools("pool_blocker.py", 1)
+    inbox = replies(pool)
+    old = pool.workers[0]
+    pool.send("block")
+    assert inbox.get(timeout=TIMEOUT) == (old.pid, ["blocking", old.pid])
+    baseline = fd_count()
+    calls = []
+    assert pool.send("hello", callback=calls.append) is True  # written, never read
+    gevent.sleep(0.2)  # the worker's hub is blocked: no ACK can come
+    assert calls == []
+    old.kill(signal.SIGKILL)
+    pid, message = inbox.get(timeout=2 * TIMEOUT)
+    assert pid != old.pid and message == ["hello", pid]
+    wait_until(lambda: calls, "the callback")
+    gevent.sleep(0.2)  # a second call would come now
+    assert calls == [None]
+    settle_fds(baseline, "after the worker's death")
+
+
+def test_a_worker_that_only_closes_the_socket_ends_the_connection(pools, server):
+    """``conn.socket.close()`` in the worker: the pool's copy goes on its DONE, the client gets EOF."""
+    pool = pools("pool_reply.py", 1)
+    server.on("connection", lambda conn: pool.send("close", conn))
+    port = server.address()["port"]
+    assert ask(port) == REPLY  # the pool's own copy kept alive until the worker was done
+    baseline = fd_count()
+    for _ in range(20):
+        assert ask(port) == REPLY
+    settle_fds(baseline, "once the worker is done with each connection")
+
+
+def test_a_killed_worker_s_connections_are_resent_or_ended_gracefully(pools, server):
+    """Untouched: to another worker. Begun on: the pool ends it, after what the worker wrote."""
+    baseline = fd_count()
+    pool = pools("pool_worker.py", 2, strategy="least_busy")
+    inbox = replies(pool)
+    port = server.address()["port"]
+    server.once("connection", lambda conn: pool.send("stall", conn))
+    untouched = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    staller, message = inbox.get(timeout=TIMEOUT)
+    assert message == ["stalled", staller]
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    begun = begin(port, b"hang")  # read and answered in part; then the worker hangs
+    workers = {worker.pid: worker for worker in pool.workers}
+    hanger = next(pid for pid in workers if pid != staller)  # the least busy one
+    with untouched, begun:
+        workers[staller].kill(signal.SIGKILL)
+        assert inbox.get(timeout=TIMEOUT) == (hanger, ["stalled", hanger])  # re-sent
+        workers[hanger].kill(signal.SIGKILL)
+        assert read_to_eof(begun) == b""  # after "working\n", EOF: ended, not reset
+        pid, message = inbox.get(timeout=_pool.MAX_RESTART_DELAY + TIMEOUT)
+        assert message == ["stalled", pid] and pid not in workers  # untouched again: re-sent
+    pool.close(timeout=TIMEOUT)
+    settle_fds(baseline, "once the pool is closed")
+
+
+@pytest.fixture
+def crash_flag(tmp_path):
+    """A file whose presence makes ``pool_crash.py`` fail at start-up."""
+    flag = tmp_path / "crash"
+    flag.write_text("")
+    return flag
+
+
+def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
+    baseline = fd_count()
+    errors = Queue()
+    pool = pools("pool_crash.py", 1, args=[crash_flag])
+    pool.on("error", errors.put)
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    port = server.address()["port"]
+    with contextlib.ExitStack() as stack:
+        waiting = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+                   for _ in range(3)]
+        err = errors.get(timeout=4 * TIMEOUT)
+        assert isinstance(err, WorkerStartupError)
+        assert err.exit_code == 3 and err.signal_code is None
+        assert "something went wrong" in err.stderr and "crash " in err.stderr.splitlines()[-1]
+        assert len(err.stderr.splitlines()) <= _pool.STDERR_LINES
+        for sock in waiting:  # queued while no worker got going: ended, not left hanging
+            assert read_to_eof(sock) == b""
+    assert ask(port) == b""  # a new connection fails at once
+    failed = AsyncResult()
+    assert pool.send("hi", callback=failed.set) is False
+    assert failed.get(timeout=TIMEOUT) is err
+    assert errors.empty()  # reported once, not once per send
+    crash_flag.unlink()  # the next restart gets going
+    inbox = replies(pool)
+    answer = AsyncResult()
+    with gevent.Timeout(_pool.MAX_RESTART_DELAY + 2 * TIMEOUT):
+        while not answer.ready():
+            result = AsyncResult()
+            pool.send("hi", callback=result.set)
+            if result.get() is None:
+                answer.set(inbox.get())
+            else:
+                gevent.sleep(0.1)
+    assert answer.get()[1][0] == "hi"
+    assert ask(port) == b"served\n"
+    pool.close(timeout=TIMEOUT)
+    settle_fds(baseline, "after the crash loop")
+
+
+def test_a_retiring_worker_is_replaced_at_once(pools, monkeypatch):
+    """Exit 0 after ``process.disconnect()``: no back-off; exit 0 without it: back-off."""
+    monkeypatch.setattr(_pool, "RESTART_DELAY", 60.0)  # a back-off the test would see
+    monkeypatch.setattr(_pool, "MAX_RESTART_DELAY", 60.0)
+    pool = pools("pool_retire.py", 1)
+    inbox, spawned = replies(pool), Queue()
+    pool.on("spawn", spawned.put)
+    assert spawned.get(timeout=TIMEOUT) == pool.workers[0]
+    for _ in range(3):  # each one retired quickly: still no back-off
+        old = pool.workers[0]
+        exited = next_event(pool, "exit")
+        pool.send("retire")
+        assert exited.get(timeout=TIMEOUT) == (old, 0, None)
+        new = spawned.get(timeout=TIMEOUT)
+        assert new.pid != old.pid and pool.workers == [new]
+        pool.send("ping")
+        assert inbox.get(timeout=TIMEOUT) == (new.pid, ["ping", new.pid])
+    exited = next_event(pool, "exit")
+    pool.send("exit")  # status 0, but no retirement: an unplanned exit
+    assert exited.get(timeout=TIMEOUT)[1:] == (0, None)
+    gevent.sleep(0.5)
+    assert pool.workers == []  # waiting out its back-off
+
+
+def test_a_nacked_socket_is_tried_on_another_worker(pools, server, tmp_path):
+    pool = pools("pool_fd_limit.py", 2, args=[tmp_path / "limited"])
+    inbox = replies(pool)
+    for _ in pool.workers:
+        pool.send("who")
+    who = dict(message[1:] for _, message in (inbox.get(timeout=TIMEOUT) for _ in pool.workers))
+    assert sorted(who.values()) == [False, True]
+    healthy = next(pid for pid, limited in who.items() if not limited)
+    baseline = fd_count()
+    results = Queue()
+    server.on("connection", lambda conn: pool.send("socket", conn, callback=results.put))
+    port = server.address()["port"]
+    for _ in range(4):  # round robin: half of them go to the limited worker first
+        assert ask(port) == f"{healthy}\n".encode()
+    assert [results.get(timeout=TIMEOUT) for _ in range(4)] == [None] * 4
+    assert len(pool.workers) == 2  # the limited worker lives on
+    settle_fds(baseline, "after the NACKs")
+
+
+@pytest.mark.parametrize("listening", [True, False], ids=["error-listener", "no-listener"])
+def test_a_failed_send_without_callback_ends_its_socket_and_is_reported_once(
+    pools, server, tmp_path, caplog, listening
+):
+    """The only worker NACKs: no other to try; the client gets EOF, the pool one report."""
+    pool = pools("pool_fd_limit.py", 1, args=[tmp_path / "limited"])
+    inbox = replies(pool)
+    pool.send("who")
+    assert inbox.get(timeout=TIMEOUT)[1][2] is True
+    errors = []
+    if listening:
+        pool.on("error", errors.append)
+    baseline = fd_count()
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    with caplog.at_level(logging.WARNING, logger="geventfork"):
+        assert ask(server.address()["port"]) == b""
+        settle_fds(baseline, "after the failed send")
+        gevent.sleep(0.2)  # a second report would come now
+    ours = [r for r in caplog.records if r.name == "geventfork"]
+    if listening:
+        assert len(errors) == 1 and isinstance(errors[0], ProtocolError) and ours == []
+    else:
+        assert len(ours) == 1 and ours[0].exc_info is None
+        assert "\n" not in ours[0].getMessage() and "lost" in ours[0].getMessage().lower()
 
 
 # -- shutting down ----------------------------------------------------------
