@@ -358,11 +358,24 @@ def _sigint_blocked() -> Iterator[None]:
     if not hasattr(_signal, "pthread_sigmask"):
         yield
         return
-    previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+    # Popen waits cooperatively for the exec, so other greenlets may start
+    # children meanwhile: only the first in blocks, only the last out restores
+    # (each restoring what it saw would leave SIGINT blocked for good).
+    global _sigint_holders, _sigint_mask
+    if not _sigint_holders:
+        _sigint_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+    _sigint_holders += 1
     try:
         yield
     finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
+        _sigint_holders -= 1
+        if not _sigint_holders:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, _sigint_mask)
+
+
+#: Children being started now, and the signal mask from before the first of them.
+_sigint_holders = 0
+_sigint_mask: Any = set()
 
 
 def _make_importable(env: dict) -> None:

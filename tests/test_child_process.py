@@ -494,3 +494,16 @@ def test_pool_of_a_missing_file_raises_at_once(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         geventfork.Pool(str(tmp_path / "nope.py"), 2)
     assert child_pids() == before
+
+
+def test_children_started_at_once_leave_sigint_unblocked(children):
+    """Popen yields while a child starts: overlapping starts must not leave
+    SIGINT blocked in the parent (Ctrl-C would stop working)."""
+    import geventfork
+
+    def start():
+        children.append(geventfork.fork(os.path.join(CHILDREN_DIR, "sleeper.py")))
+
+    gevent.joinall([gevent.spawn(start) for _ in range(4)], timeout=TIMEOUT, raise_error=True)
+    assert len(children) == 4
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
