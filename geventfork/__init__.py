@@ -27,6 +27,9 @@ __all__ = [
     "InvalidHandleTypeError",
     "SerializationError",
     "ProtocolError",
+    "HandleLostError",
+    "ChannelBusyError",
+    "WorkerStartupError",
 ]
 
 # name -> the module that holds it ("" when the name is the module itself)
@@ -45,6 +48,9 @@ _WHERE = {
     "InvalidHandleTypeError": "errors",
     "SerializationError": "errors",
     "ProtocolError": "errors",
+    "HandleLostError": "errors",
+    "ChannelBusyError": "errors",
+    "WorkerStartupError": "errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,11 +59,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._pool import Pool
     from .child_process import ChildProcess, fork
     from .errors import (
+        ChannelBusyError,
         ChannelClosedError,
         GeventforkError,
+        HandleLostError,
         InvalidHandleTypeError,
         ProtocolError,
         SerializationError,
+        WorkerStartupError,
     )
     from .events import EventEmitter
     from ._process import Process, process

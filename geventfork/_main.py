@@ -23,6 +23,8 @@ SERIALIZATION_ENV = "GEVENTFORK_SERIALIZATION"
 MONKEY_ENV = "GEVENTFORK_MONKEY"
 #: The largest message the child's channel accepts, in bytes.
 MAX_MESSAGE_SIZE_ENV = "GEVENTFORK_MAX_MESSAGE_SIZE"
+#: The most bytes the child's channel queues before ``send()`` raises ``ChannelBusyError``.
+MAX_QUEUED_ENV = "GEVENTFORK_MAX_QUEUED"
 
 #: The exit status of a usage error or a script that cannot be found
 #: (``python`` uses 2 for both, as do argparse and gunicorn).

@@ -27,10 +27,10 @@ from gevent.event import Event
 from . import _handles, _platform
 from ._stream import Socket
 from .child_process import ChildProcess, fork, resolve_module
-from .errors import ChannelClosedError, GeventforkError, ProtocolError
+from .errors import ChannelClosedError, ProtocolError, WorkerStartupError
 from .events import EventEmitter
 
-__all__ = ["Pool", "WorkerStartupError"]
+__all__ = ["Pool"]
 
 log = logging.getLogger("geventfork")
 
@@ -66,27 +66,6 @@ STRATEGIES = ("round_robin", "least_busy")
 _CMD = "GEVENTFORK_POOL"
 READY = {"cmd": _CMD, "state": "ready"}
 RETIRING = {"cmd": _CMD, "state": "retiring"}
-
-
-class WorkerStartupError(GeventforkError):
-    """The pool's workers keep exiting before they are ready.
-
-    Attributes:
-        exit_code: the last worker's exit status (None if a signal ended it).
-        signal_code: the signal that ended it (``"SIGKILL"``), or None.
-        stderr: the last lines it wrote to stderr (empty if not captured).
-    """
-
-    code = "ERR_POOL_WORKER_STARTUP"
-
-    def __init__(self, exit_code: Optional[int], signal_code: Optional[str], stderr: str) -> None:
-        how = f"signal {signal_code}" if signal_code else f"status {exit_code}"
-        summary = f"pool workers exit before they are ready ({CRASH_LOOP} in a row; last: {how})"
-        super().__init__(summary + (":\n" + stderr.rstrip("\n") if stderr else ""))
-        self.summary = summary
-        self.exit_code = exit_code
-        self.signal_code = signal_code
-        self.stderr = stderr
 
 
 class _Job:
@@ -403,7 +382,9 @@ class Pool(EventEmitter):
         if self._unready_exits < CRASH_LOOP or self._closing:
             return  # a worker got going meanwhile
         child = worker.child
-        err = WorkerStartupError(child.exit_code, child.signal_code, "".join(worker.stderr))
+        err = WorkerStartupError(
+            child.exit_code, child.signal_code, "".join(worker.stderr), CRASH_LOOP
+        )
         self._failed = err
         while self._queue:
             self._fail(self._queue.popleft(), err, report=False)

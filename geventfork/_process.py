@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from . import _handles
 from ._channel import Channel
-from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, SERIALIZATION_ENV
+from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MAX_QUEUED_ENV, SERIALIZATION_ENV
 from ._owner import Owner
 from ._serialization import by_name
 
@@ -49,11 +49,14 @@ class Process(Owner):
         fd = os.environ.pop(CHANNEL_FD_ENV, None)
         codec = by_name(os.environ.pop(SERIALIZATION_ENV, "json"))
         max_size = os.environ.pop(MAX_MESSAGE_SIZE_ENV, None)
+        max_queued = os.environ.pop(MAX_QUEUED_ENV, None)
         if fd is None:
             return
         import _socket  # the raw socket: the channel does its own cooperative waits
 
         options = {"max_size": int(max_size)} if max_size else {}
+        if max_queued:
+            options["max_queued"] = int(max_queued)
         try:
             os.set_inheritable(int(fd), False)
             sock = _socket.socket(fileno=int(fd))

@@ -14,8 +14,14 @@ from gevent import subprocess
 from gevent.event import Event
 
 from . import _wire
-from ._channel import Channel
-from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MONKEY_ENV, SERIALIZATION_ENV
+from ._channel import MAX_QUEUED, Channel
+from ._main import (
+    CHANNEL_FD_ENV,
+    MAX_MESSAGE_SIZE_ENV,
+    MAX_QUEUED_ENV,
+    MONKEY_ENV,
+    SERIALIZATION_ENV,
+)
 from ._owner import Owner
 from ._serialization import by_name
 
@@ -131,7 +137,10 @@ class ChildProcess(Owner):
             return "the IPC channel to the child is closed"
         return super()._closed_reason()
 
-    def _spawn(self, args: list, env: dict, cwd: Any, stdio: tuple, codec: Any, max_size: int) -> None:
+    def _spawn(
+        self, args: list, env: dict, cwd: Any, stdio: tuple, codec: Any, max_size: int,
+        max_queued: int,
+    ) -> None:
         import _socket
 
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -155,7 +164,7 @@ class ChildProcess(Owner):
             self._popen.stdin, self._popen.stdout, self._popen.stderr,
         )
         gevent.spawn(self.emit, "spawn")
-        self.channel = Channel(ours, self, codec, max_size)
+        self.channel = Channel(ours, self, codec, max_size, max_queued=max_queued)
         self._popen.rawlink(lambda popen: gevent.spawn(self._on_exit, popen.returncode))
 
     def _on_exit(self, returncode: int) -> None:
@@ -219,6 +228,7 @@ def fork(
     kill_signal: SignalLike = _signal.SIGTERM,
     timeout: Optional[float] = None,
     max_message_size: int = _wire.MAX_FRAME_SIZE,
+    max_queued: int = MAX_QUEUED,
 ) -> ChildProcess:
     """Start ``module`` in a new Python process with an IPC channel to it.
 
@@ -249,6 +259,9 @@ def fork(
         kill_signal: the signal ``timeout`` kills with (a number or a name).
         timeout: seconds after which the child is sent ``kill_signal``.
         max_message_size: the largest message either end accepts, in bytes.
+        max_queued: the most bytes either end queues for the other (each
+            handle awaiting its acknowledgment counting 1 KiB) before
+            ``send()`` raises ``ChannelBusyError`` (default 64 MiB).
 
     Returns:
         The ``ChildProcess``. A failure to start the Python interpreter is
@@ -267,6 +280,8 @@ def fork(
         raise ValueError(
             f"max_message_size must be from 1 to {_MAX_PAYLOAD} bytes, not {max_message_size}"
         )
+    if max_queued < 1:
+        raise ValueError(f"max_queued must be a positive number of bytes, not {max_queued}")
     streams = _stdio(silent, stdio)
     kill_signal = signal_number(kill_signal)
     script = resolve_module(module, cwd)
@@ -274,10 +289,13 @@ def fork(
     child_env[SERIALIZATION_ENV] = codec.name
     child_env[MONKEY_ENV] = "1" if monkey else "0"
     child_env[MAX_MESSAGE_SIZE_ENV] = str(max_message_size)
+    child_env[MAX_QUEUED_ENV] = str(max_queued)
     _make_importable(child_env)
     argv = [exec_path or sys.executable, *exec_argv, "-m", "geventfork", script]
     child = ChildProcess()
-    child._spawn(argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size)
+    child._spawn(
+        argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size, max_queued
+    )
     if timeout is not None and child._popen is not None:
         child._timer = gevent.get_hub().loop.timer(timeout)
         child._timer.start(child.kill, kill_signal)

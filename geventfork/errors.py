@@ -1,6 +1,8 @@
 """Every error geventfork raises, under one base, each with Node's error code."""
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "GeventforkError",
     "ChannelClosedError",
@@ -9,6 +11,7 @@ __all__ = [
     "ProtocolError",
     "HandleLostError",
     "ChannelBusyError",
+    "WorkerStartupError",
 ]
 
 
@@ -68,3 +71,26 @@ class ChannelBusyError(GeventforkError):
     """
 
     code = "ERR_IPC_BUSY"
+
+
+class WorkerStartupError(GeventforkError):
+    """A ``Pool``'s workers keep exiting before they are ready: the worker's fault.
+
+    Attributes:
+        exit_code: the last worker's exit status (None if a signal ended it).
+        signal_code: the signal that ended it (``"SIGKILL"``), or None.
+        stderr: the last lines it wrote to stderr (empty if not captured).
+    """
+
+    code = "ERR_POOL_WORKER_STARTUP"
+
+    def __init__(
+        self, exit_code: Optional[int], signal_code: Optional[str], stderr: str, count: int
+    ) -> None:
+        how = f"signal {signal_code}" if signal_code else f"status {exit_code}"
+        summary = f"pool workers exit before they are ready ({count} in a row; last: {how})"
+        super().__init__(summary + (":\n" + stderr.rstrip("\n") if stderr else ""))
+        self.summary = summary
+        self.exit_code = exit_code
+        self.signal_code = signal_code
+        self.stderr = stderr

@@ -507,3 +507,26 @@ def test_children_started_at_once_leave_sigint_unblocked(children):
     gevent.joinall([gevent.spawn(start) for _ in range(4)], timeout=TIMEOUT, raise_error=True)
     assert len(children) == 4
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_max_queued_bounds_what_a_child_that_reads_nothing_costs(spawn_child):
+    """A child stuck in a blocking call reads nothing: past ``max_queued``,
+    ``send()`` raises ``ChannelBusyError`` and queues nothing more."""
+    from geventfork.errors import ChannelBusyError
+
+    child = spawn_child("stuck.py", max_queued=1024 * 1024, monkey=False)
+    chunk = "x" * (64 * 1024)
+    accepted = 0
+    with pytest.raises(ChannelBusyError) as info:
+        for _ in range(1000):
+            child.send(chunk)
+            accepted += 1
+    assert info.value.code == "ERR_IPC_BUSY"
+    assert accepted < 40, "the queue grew past max_queued"
+    assert child.connected
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_queued_must_be_positive(bad):
+    with pytest.raises(ValueError, match="max_queued"):
+        geventfork.fork(os.path.join(CHILDREN_DIR, "sleeper.py"), max_queued=bad)

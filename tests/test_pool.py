@@ -20,7 +20,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import Pool, _pool, net
-from geventfork._pool import WorkerStartupError
+from geventfork.errors import WorkerStartupError
 from geventfork.errors import ProtocolError
 from helpers import (
     CHILDREN_DIR,
