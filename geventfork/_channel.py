@@ -236,7 +236,7 @@ class Channel:
                 f"message of {len(payload)} bytes is over the channel's "
                 f"{self.max_size}-byte limit"
             )
-        queued = self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT
+        queued = self._backlog()
         if queued + len(payload) > self.max_queued:
             raise ChannelBusyError(
                 f"{queued} bytes are queued for the peer: a message of {len(payload)} "
@@ -281,8 +281,19 @@ class Channel:
         self._enqueue(data, fds, callback, ident)
         return self._below_high_water()
 
+    def _backlog(self) -> int:
+        """Bytes queued, plus ``HANDLE_WEIGHT`` for each handle awaiting its ACK."""
+        return self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT
+
     def _below_high_water(self) -> bool:
-        return self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT < HIGH_WATER_MARK
+        return self._backlog() < HIGH_WATER_MARK
+
+    def _settle(self, ident: int) -> Optional[_Pending]:
+        """Take the send ``ident`` out of those awaiting an ACK, if it is there."""
+        pending = self._awaiting.pop(ident, None)
+        if pending is not None and pending.outgoing is not None:
+            self._handles_awaiting -= 1
+        return pending
 
     def disconnect(self) -> None:
         """Flush what is queued, then close; both ends get ``'disconnect'``."""
@@ -396,7 +407,7 @@ class Channel:
         """Fail the queue's first message, whose fds ``sendmsg`` refused."""
         data, _fds, callback, ident = self._queue.popleft()
         self._queued_bytes -= len(data)
-        pending = self._awaiting.pop(ident, None)
+        pending = self._settle(ident)
         if pending is not None:
             self._lost(pending, exc, done)
         elif callback is not None:
@@ -593,12 +604,10 @@ class Channel:
             else:
                 done.append((lambda err, fn=on_done: fn(), None))
             return
-        pending = self._awaiting.pop(frame.ident, None)
+        pending = self._settle(frame.ident)
         if pending is None:
             self._report(ProtocolError(f"answer to unknown message {frame.ident}"))
             return
-        if pending.outgoing is not None:
-            self._handles_awaiting -= 1
         if frame.kind == _wire.ACK:
             if pending.outgoing is not None:
                 pending.outgoing.release(pending.keep_open)

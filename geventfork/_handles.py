@@ -7,8 +7,7 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 from __future__ import annotations
 
 import _socket
-from functools import partial
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from gevent import socket as gsocket
 
@@ -49,8 +48,10 @@ class Outgoing(NamedTuple):
     abandon: Callable[[], None]
 
 
-#: fds of plain sockets on their way to a peer (a ``net.Socket`` knows its own).
-_raw_in_flight: set = set()
+#: Plain sockets on their way to a peer, by ``id`` (a ``net.Socket`` knows its
+#: own). Keyed by the object, not its fd: a socket closed while in flight may
+#: see its fd number reused at once by another.
+_raw_in_flight: Dict[int, Any] = {}
 
 
 def _nothing(*args: Any) -> None:
@@ -107,16 +108,20 @@ def _raw_to_wire(sock: Any) -> Outgoing:
     fd = sock.fileno()
     if fd < 0:
         raise InvalidHandleTypeError("cannot send a closed socket")
-    if fd in _raw_in_flight:
+    key = id(sock)
+    if key in _raw_in_flight:
         raise ValueError(f"socket fd {fd} is already being sent; wait for its callback")
-    _raw_in_flight.add(fd)
+    _raw_in_flight[key] = sock
+
+    def returned() -> None:
+        _raw_in_flight.pop(key, None)
 
     def release(keep_open: bool) -> None:
-        _raw_in_flight.discard(fd)
+        returned()
         if not keep_open:
             sock.close()
 
-    return Outgoing(RAW, 0, fd, release, partial(_raw_in_flight.discard, fd), sock.close)
+    return Outgoing(RAW, 0, fd, release, returned, sock.close)
 
 
 def tracked(code: int, flags: int) -> bool:

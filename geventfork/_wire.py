@@ -27,11 +27,12 @@ Rules that govern changes to the format:
   with that frame's first byte, and to no other. On Linux a read stops after
   the chunk carrying fds, so each fd belongs to the frame whose first byte
   arrived in the same read (Node relies on the same: SCM_RIGHTS messages are
-  not coalesced). fds that arrive with a read that does not begin a frame,
-  or more fds than the frame announces, are closed at once and are a
-  protocol error, so a peer can make the receiver hold no more fds than the
-  one unfinished frame it announced. A batch of fds claimed by no frame is a
-  protocol error.
+  not coalesced). fds that arrive with a read in which no frame begins are
+  closed at once and are a protocol error, so a peer can make the receiver
+  hold no more fds than one read brings (at most 253) for the one frame it
+  has not finished. A batch of fds claimed by no frame, or a frame that
+  announces another number of fds than arrived with it, is a protocol error
+  once the frame is complete.
 * EOF between frames is a clean close; EOF inside a frame is a protocol
   error. Every fd the decoder was given and no frame claimed is closed.
 * New kinds, codecs and handle types get new numbers; numbers are never

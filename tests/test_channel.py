@@ -1290,23 +1290,29 @@ def test_a_plain_socket_already_in_flight_is_refused_before_anything_is_queued(
 
 
 def test_a_refused_fd_fails_its_message_only(raw_pair, opened) -> None:
-    """The kernel refusing a message's fd (EBADF) fails that message, not the channel."""
+    """The kernel refusing a message's fd (EBADF) fails that message, not the
+    channel, and the refused handles no longer count against the high-water
+    mark (more of them than the mark holds would otherwise stop it for good)."""
     a, peer = raw_pair()
     cbs = Callbacks()
     a.ch.send("x" * (4 * 1024 * 1024), callback=cbs.new("big"))  # fills the socket: queued
-    doomed, _other = unix_pair(opened)
-    a.ch.send("doomed", doomed, callback=cbs.new("doomed"))
-    os.close(doomed.detach())  # its fd is gone before the channel writes it
+    doomed = HIGH_WATER_MARK // HANDLE_WEIGHT + 2
+    for n in range(doomed):
+        handle, _other = unix_pair(opened)
+        a.ch.send("doomed", handle, callback=cbs.new(n))
+        os.close(handle.detach())  # its fd is gone before the channel writes it
     a.ch.send("after", callback=cbs.new("after"))
     with gevent.Timeout(TIMEOUT):
         while True:
             frame = peer.frame()
             if frame.payload == b'"after"':
                 break
-    err = cbs.wait("doomed")
-    assert isinstance(err, OSError) and not isinstance(err, ChannelClosedError), err
+    for n in range(doomed):
+        err = cbs.wait(n)
+        assert isinstance(err, OSError) and not isinstance(err, ChannelClosedError), err
     assert cbs.wait("big") is None and cbs.wait("after") is None
     assert a.ch.connected
+    assert a.ch.send("light") is True, "refused handles still count as awaiting their ACK"
 
 
 # -- back-pressure ---------------------------------------------------------
