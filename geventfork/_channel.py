@@ -80,6 +80,8 @@ class State(enum.Enum):
 
         OPEN ──disconnect()──> DISCONNECTING ──queue written, no handle held──> HALF_CLOSED
           │                        │                                                │
+          │  the peer's EOF, handles held ──> FINISHING ──none held any more──┐     │
+          │                                                                   v     v
           └─ close(), the peer's EOF, an error, a bad frame ─────────────────────> CLOSED
 
     * OPEN: messages go both ways.
@@ -88,6 +90,11 @@ class State(enum.Enum):
       sender asked for it; nothing that needs an ACK is taken any more.
     * HALF_CLOSED: our write side is shut down; we read the peer's ACKs
       until its EOF.
+    * FINISHING: the peer closed its end (from OPEN or DISCONNECTING) while
+      we hold handles whose sender asked for DONE: nothing more is read,
+      sends awaiting an ACK have failed, and we stay open to write each DONE
+      as its handle is done with (a pool that closed its workers' channels
+      learns at once that a connection was served), then close.
     * CLOSED: the socket is closed; every queued or unacknowledged send
       has failed.
 
@@ -98,10 +105,13 @@ class State(enum.Enum):
     OPEN = "open"
     DISCONNECTING = "disconnecting"
     HALF_CLOSED = "half-closed"
+    FINISHING = "finishing"
     CLOSED = "closed"
 
 
-_SHUTTING = (State.DISCONNECTING, State.HALF_CLOSED)
+_SHUTTING = (State.DISCONNECTING, State.HALF_CLOSED, State.FINISHING)
+#: The states the owner has heard ``'disconnect'`` for.
+_GONE = (State.HALF_CLOSED, State.FINISHING, State.CLOSED)
 
 
 class _Pending:
@@ -363,8 +373,11 @@ class Channel:
             self._shut_down(ChannelClosedError(f"the IPC channel broke: {exc}"))
             return
         self._finish(done)
-        if self.state is State.DISCONNECTING and not self._queue and not self._holding:
-            self._half_close()
+        if not self._queue and not self._holding:
+            if self.state is State.DISCONNECTING:
+                self._half_close()
+            elif self.state is State.FINISHING:
+                self._shut_down(None)
 
     def _write_some(self, done: list) -> None:
         queue, sock = self._queue, self._sock
@@ -453,7 +466,7 @@ class Channel:
                 while True:
                     event = self._dispatch()
                     if event is _wire.CLOSED:
-                        self._shut_down(None)
+                        self._peer_closed()
                         return
                     if event is _wire.NEED_DATA and time.monotonic() < slice_end:
                         break
@@ -666,14 +679,27 @@ class Channel:
         if gevent.getcurrent() is not self._reader:
             self._reader.kill(block=False)
 
+    def _peer_closed(self) -> None:
+        """The peer closed its end cleanly: close, or first finish what we hold."""
+        if not self._holding:
+            self._shut_down(None)
+            return
+        self._to(State.FINISHING)
+        self._read_watcher.stop()
+        failed: list = []
+        closed = ChannelClosedError("the IPC channel was closed by the other end")
+        for ident in list(self._awaiting):  # it can no longer acknowledge them
+            pending = self._settle(ident)
+            if pending is not None:
+                self._lost(pending, closed, failed)
+        self._finish(failed)
+        self._schedule_flush()
+
     def _to(self, state: State) -> None:
         """Move to ``state``; the owner hears ``'disconnect'`` once, as it leaves the living."""
         before, self.state = self.state, state
         self._apply_ref()
-        if before not in (State.HALF_CLOSED, State.CLOSED) and state in (
-            State.HALF_CLOSED,
-            State.CLOSED,
-        ):
+        if before not in _GONE and state in _GONE:
             submit(self._owner._channel_closed)
 
     def _report(self, err: BaseException) -> None:

@@ -25,6 +25,8 @@ import gevent
 from gevent.event import Event
 
 from . import _handles, _platform
+from ._owner import check_send_arguments
+from ._server import Server
 from ._stream import Socket
 from .child_process import ChildProcess, fork, resolve_module
 from .errors import ChannelClosedError, ProtocolError, WorkerStartupError
@@ -115,6 +117,12 @@ class _Worker:
     @property
     def load(self) -> int:
         return len(self.sending) + len(self.serving)
+
+    def channel_open(self) -> bool:
+        """Whether its channel takes sends (cheaper than ``child.connected``,
+        which also says why not: this runs for every worker on every send)."""
+        channel = self.child.channel
+        return channel is not None and channel.connected
 
 
 def _tracked_baseline(handle: Any, options: Optional[dict]) -> Optional[tuple]:
@@ -227,14 +235,12 @@ class Pool(EventEmitter):
             SerializationError: ``message`` cannot be serialised (raised
                 when a worker is connected, else passed to the callback).
         """
+        check_send_arguments(options, callback)
         if handle is not None:
             _handles.check(handle)
             if id(handle) in self._jobs:
                 raise ValueError("this handle is being sent already")
         job = _Job(message, handle, options, callback)
-        if self._failed is not None:
-            self._fail(job, self._failed, report=False)
-            return False
         job.baseline = _tracked_baseline(handle, options)
         if handle is not None:
             self._jobs[id(handle)] = job
@@ -316,8 +322,12 @@ class Pool(EventEmitter):
             _handles.close(handle)  # nobody will take it: never leak it
 
     def _ready(self, worker: _Worker) -> None:
-        """``worker`` got going: its script's top level returned, it
-        acknowledged a send, or it stayed up ``STABLE_AFTER`` s."""
+        """``worker`` got going: its script's top level returned, or it stayed
+        up ``STABLE_AFTER`` s (a top level that serves and never returns).
+
+        Not its ACKs: a channel acknowledges on receipt, while the script's
+        top level may still be on its way to failing.
+        """
         if worker.ready or worker.exited:
             return
         worker.ready = True
@@ -405,7 +415,7 @@ class Pool(EventEmitter):
         """The workers a send may go to: connected, neither exited nor retiring."""
         return [
             worker for worker in self._live
-            if not worker.retiring and not worker.exited and worker.child.connected
+            if not worker.retiring and not worker.exited and worker.channel_open()
         ]
 
     def _pick(self, workers: list) -> _Worker:
@@ -422,7 +432,10 @@ class Pool(EventEmitter):
             return False
         workers = self._connected()
         if not workers:
-            self._queue.append(job)
+            if self._failed is not None:  # a crash loop: no worker will take it soon
+                self._fail(job, self._failed, report=False)
+            else:
+                self._queue.append(job)
             return False
         if job.refused_by:
             workers = [w for w in workers if w.child.pid not in job.refused_by]
@@ -464,7 +477,6 @@ class Pool(EventEmitter):
         if job.worker is not worker:
             return  # judged already, with its worker's death
         if err is None:
-            self._ready(worker)
             self._report(job, None)
             if job.baseline is not None and not job.done:
                 worker.serving.add(job)  # until it is done with it, or dies
@@ -488,7 +500,6 @@ class Pool(EventEmitter):
         if job.worker is not worker or job.done:
             return
         job.done = True
-        self._ready(worker)
         worker.serving.discard(job)
         if job not in worker.sending:  # else its ACK, still to come, settles it
             job.worker = None
@@ -501,6 +512,8 @@ class Pool(EventEmitter):
         Judged once the worker is gone: a dead process cannot change the
         kernel's byte counts any more.
         """
+        if job.baseline is not None:
+            job.handle._returned()  # no longer shared with the dead worker
         if job.baseline is None or job.untouched():
             self._retry(job, ChannelClosedError("the worker died before it began on it"))
         else:
@@ -512,8 +525,6 @@ class Pool(EventEmitter):
         """Send ``job`` to another worker, unless the pool cannot any more."""
         if self._closing:
             self._fail(job, ChannelClosedError("the pool is closed"))
-        elif self._failed is not None:
-            self._fail(job, self._failed, report=False)
         else:
             self._redispatch(job)
 
@@ -548,10 +559,12 @@ class Pool(EventEmitter):
 
 
 def _let_go(handle: Any) -> None:
-    """Close a handle nobody will serve: a ``net.Socket`` gracefully (EOF, not RST)."""
+    """Let go of a handle nobody will serve: end a ``net.Socket`` gracefully
+    (EOF, not RST), close a plain socket, leave a ``net.Server`` listening
+    (as Node keeps a sent server open in the sender)."""
     if isinstance(handle, Socket):
         handle.end()
-    else:
+    elif not isinstance(handle, Server):
         _handles.close(handle)
 
 

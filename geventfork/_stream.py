@@ -568,13 +568,18 @@ class Socket(EventEmitter):
         self._close()
 
     def _returned(self) -> None:
-        """The hand-off failed (NACK, channel closed, send error): the socket is ours again.
+        """The hand-off failed (NACK, channel closed, send error), or the process
+        it was shared with (``keep_open``) died: the socket is ours alone again.
 
         Its paused state is kept and its reader not restarted, so it can be
         sent again with every unread byte still in the kernel. Destroyed
         while in flight, it is closed now.
         """
         self._in_flight = False
+        if self._sent:
+            self._sent = False
+            if self._done is not None:
+                self._done.shared = False
         if self.destroyed:
             self._close()
 

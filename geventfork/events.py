@@ -129,7 +129,8 @@ class EventEmitter:
         Runs in the listener's greenlet. The default ends every argument
         that can be abandoned (a ``net.Socket`` not sent on nor destroyed:
         see ``Socket._abandoned``), so that no connection is left without
-        an owner. A ``GeventforkError`` (the channel closed under a send,
+        an owner, unless ``event`` has other listeners, which may still be
+        using it (the garbage collector then ends what nobody keeps). A ``GeventforkError`` (the channel closed under a send,
         a handle ``send`` refused, ...) is then logged as one warning line
         naming the listener's line, since its traceback would show only the
         library's internals; any other exception is left to the hub, which
@@ -144,11 +145,12 @@ class EventEmitter:
         Returns:
             Whether ``exc`` was reported here (else the hub reports it).
         """
-        for arg in args:
-            # Looked up on the type: an argument's own __getattr__ never runs.
-            abandoned = getattr(type(arg), "_abandoned", None)
-            if abandoned is not None:
-                abandoned(arg)
+        if self.listener_count(event) <= 1:  # no other listener may still use it
+            for arg in args:
+                # Looked up on the type: an argument's own __getattr__ never runs.
+                abandoned = getattr(type(arg), "_abandoned", None)
+                if abandoned is not None:
+                    abandoned(arg)
         if not isinstance(exc, GeventforkError):
             return False
         log.warning("%r listener %s failed: %s: %s",

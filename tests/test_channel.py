@@ -662,6 +662,24 @@ def test_a_net_socket_arrives_with_its_family(pair, opened, family: int) -> None
     peer.close()
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["tcp4", "tcp6"])
+def test_a_received_tcp_socket_has_no_delay(pair, opened, family: int) -> None:
+    """As Node's HTTP server and gunicorn do: no 40 ms wait for a delayed ACK
+    behind a worker's second write. ``set_no_delay(False)`` undoes it."""
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    a, b = pair()
+    ours, peer = (opened(s) for s in _connected_pair(family))
+    assert not ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    a.ch.send("conn", net.Socket(ours), callback=lambda err: None)
+    _message, received = take(b.messages, "the socket")
+    sock = received.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    received.set_no_delay(False)
+    assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    received.destroy()
+
+
 def test_many_handles_interleaved_with_messages_each_keep_their_own_fd(pair, opened) -> None:
     # More fds than one sendmsg may carry (253), each frame with its own: the
     # write batching must never move an fd to another frame.
@@ -1181,6 +1199,30 @@ def test_done_reaches_the_sender_once_the_receiver_destroys_the_socket(pair, ope
     wait_until(lambda: done == [1], "on_done")
     gevent.sleep(0.05)
     assert done == [1]
+    sent.destroy()
+
+
+def test_done_reaches_a_sender_that_disconnected_meanwhile(pair, opened) -> None:
+    """The sender disconnects (a pool closing its workers) while the receiver
+    still serves a tracked socket: the receiver hears 'disconnect' at once,
+    and still tells the sender when it is done, then closes."""
+    a, b = pair()
+    mine, client = opened(*socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+    sent = net.Socket(mine, paused=True)
+    done: list = []
+    acked = Callbacks()
+    a.ch.send("s", sent, {"keep_open": True}, acked.new("s"), on_done=lambda: done.append(1))
+    _message, received = b.messages.get(timeout=TIMEOUT)
+    assert acked.wait("s") is None
+    a.ch.disconnect()
+    assert b.closed.wait(timeout=TIMEOUT), "the receiver never heard 'disconnect'"
+    assert not b.ch.connected
+    gevent.sleep(0.05)
+    assert done == [] and b.ch.fileno() != -1, "closed before it was done"
+    received.destroy()
+    wait_until(lambda: done == [1], "on_done after the sender disconnected")
+    a.wait_closed()
+    b.wait_closed()
     sent.destroy()
 
 

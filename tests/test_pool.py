@@ -314,6 +314,58 @@ def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
     settle_fds(baseline, "after the crash loop")
 
 
+def test_a_crash_looping_slot_leaves_the_healthy_workers_serving(pools, crash_flag):
+    """One slot's replacements crash at start-up, five in a row: 'error', but
+    the worker that never died goes on taking every send."""
+    crash_flag.unlink()
+    errors = Queue()
+    pool = pools("pool_crash.py", 2, args=[crash_flag])
+    pool.on("error", errors.put)
+    inbox = replies(pool)
+    for worker in pool.workers:
+        worker.send("ready?")  # straight to each: both got going
+    assert {inbox.get(timeout=TIMEOUT)[0] for _ in range(2)} == {w.pid for w in pool.workers}
+    healthy, doomed = pool.workers
+    crash_flag.write_text("")
+    doomed.kill(signal.SIGKILL)
+    err = errors.get(timeout=4 * TIMEOUT)
+    assert isinstance(err, WorkerStartupError) and err.exit_code == 3
+    for n in range(4):
+        acked = AsyncResult()
+        pool.send(n, callback=acked.set)
+        assert acked.get(timeout=TIMEOUT) is None
+        assert inbox.get(timeout=TIMEOUT) == (healthy.pid, [n, healthy.pid])
+
+
+def test_send_checks_its_arguments_at_once(pools):
+    pool = pools("pool_reply.py", 1)
+    with pytest.raises(TypeError, match="callback"):
+        pool.send("x", callback=5)
+    with pytest.raises(TypeError, match="options"):
+        pool.send("x", options="keep_open")
+
+
+def test_closing_the_pool_does_not_hold_up_a_served_connection(pools, server):
+    """close() disconnects the workers; a worker still serving one client
+    (a hung request) must still tell the pool at once when it is done with
+    another, whose client then gets EOF, not when the worker is killed."""
+    pool = pools("pool_worker.py", 1)
+    server.on("connection", lambda conn: pool.send("socket", conn))
+    port = server.address()["port"]
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as hung:
+        hung.sendall(b"hang")
+        assert hung.recv(8) == b"working\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as slow:
+            slow.sendall(b"slowclose")
+            assert slow.recv(8) == b"working\n"
+            closing = gevent.spawn(pool.close, 4 * TIMEOUT)
+            with gevent.Timeout(TIMEOUT, AssertionError("EOF waited for the worker's end")):
+                assert read_to_eof(slow, timeout=None) == b"done\n"
+            assert not closing.ready(), "the test needs the hung worker still running"
+        closing.kill()
+    pool.close(timeout=0.1)
+
+
 def test_a_retiring_worker_is_replaced_at_once(pools, monkeypatch):
     """Exit 0 after ``process.disconnect()``: no back-off; exit 0 without it: back-off."""
     monkeypatch.setattr(_pool, "RESTART_DELAY", 60.0)  # a back-off the test would see
