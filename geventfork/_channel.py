@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import logging
 import socket
 import sys
 import time
@@ -33,11 +32,9 @@ from .errors import (
     ProtocolError,
     SerializationError,
 )
-from .events import EventEmitter
 
-__all__ = ["Channel", "ChannelOwner", "HIGH_WATER_MARK", "MAX_QUEUED", "HANDLE_WEIGHT"]
+__all__ = ["Channel", "State", "HIGH_WATER_MARK", "MAX_QUEUED", "HANDLE_WEIGHT"]
 
-log = logging.getLogger("geventfork")
 
 #: ``send()`` returns False once this many bytes are queued, counting each
 #: handle awaiting its acknowledgment as ``HANDLE_WEIGHT`` bytes (Node: 128 KiB).
@@ -738,74 +735,3 @@ class Channel:
         # process.send() refs the channel until the write completes), so a
         # child that sends and returns does not exit with the message queued.
         self._read_watcher.ref = alive and self.connected
-
-
-class ChannelOwner(EventEmitter):
-    """What ``ChildProcess`` and ``process`` share: an optional ``Channel``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: The IPC channel, or None when there is none.
-        self.channel: Optional[Channel] = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether messages can still be sent."""
-        return self.channel is not None and self.channel.connected
-
-    def send(
-        self,
-        message: Any,
-        handle: Any = None,
-        options: Optional[dict] = None,
-        callback: Optional[Callback] = None,
-    ) -> bool:
-        """Queue ``message``, and optionally a handle, for the other end.
-
-        Like Node's ``subprocess.send()``. Never blocks the calling greenlet.
-
-        Args:
-            message: anything the channel's serialization can encode.
-            handle: a ``net.Socket``, ``net.Server`` or socket to pass along.
-            options: ``{"keep_open": True}`` keeps our copy of a sent socket.
-            callback: ``callback(err)``, called once: ``None`` when the
-                message is handed to the kernel (with a handle: when the
-                receiver acknowledged it), or the error. Without one, an
-                error is emitted as ``'error'``.
-
-        Returns:
-            False once the queue is past its high-water mark, True otherwise.
-
-        Raises:
-            InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
-            SerializationError: ``message`` cannot be serialised.
-            ChannelClosedError: there never was a channel.
-        """
-        if self.channel is None:
-            raise ChannelClosedError("there is no IPC channel")
-        return self.channel.send(message, handle, options, callback)
-
-    def disconnect(self) -> None:
-        """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
-        if self.channel is not None:
-            self.channel.disconnect()
-
-    def _channel_message(self, message: Any, handle: Any) -> None:
-        if not self.emit("message", message, handle) and handle is not None:
-            _handles.close(handle)  # nobody will take it: never leak it
-
-    def _channel_error(self, err: BaseException) -> None:
-        """Report a failure of the channel's: ``'error'`` if anyone listens, else a log line.
-
-        Unlike Node, which throws an ``'error'`` nobody listens for: the
-        failure is the peer's or the channel's, not a bug of the caller's,
-        so it gets one warning line on the ``geventfork`` logger, not a
-        traceback through the library.
-        """
-        if self.listener_count("error"):
-            self.emit("error", err)
-        else:
-            log.warning("%r: %s (%s; no 'error' listener)", self, err, type(err).__name__)
-
-    def _channel_closed(self) -> None:
-        self.emit("disconnect")

@@ -1,6 +1,6 @@
-"""What ``ChildProcess`` and ``process`` add to ``ChannelOwner``: ``send()``'s checks.
+"""``ChannelOwner``: what ``ChildProcess`` and ``process`` share, an optional ``Channel``.
 
-One rule for both ends: a caller's mistake (a ``callback`` that is not
+One rule for both ends' ``send()``: a caller's mistake (a ``callback`` that is not
 callable, ``options`` that are not a mapping) is a ``TypeError``, and a send
 on a channel already known to be closed is a ``ChannelClosedError``, raised
 at once, before anything is queued. A channel that closes after ``send()``
@@ -8,13 +8,18 @@ returned reports through the callback, or ``'error'``.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from ._channel import Callback, ChannelOwner
+from . import _handles
+from ._channel import Callback, Channel
 from .errors import ChannelClosedError
+from .events import EventEmitter
 
-__all__ = ["Owner", "check_send_arguments"]
+__all__ = ["ChannelOwner", "check_send_arguments"]
+
+log = logging.getLogger("geventfork")
 
 
 def check_send_arguments(options: Any, callback: Any) -> None:
@@ -33,11 +38,14 @@ def check_send_arguments(options: Any, callback: Any) -> None:
         raise TypeError(f"send() callback must be callable or None, not {type(callback).__name__}")
 
 
-class Owner(ChannelOwner):
-    """A ``ChannelOwner`` whose ``send()`` checks its arguments and the channel first."""
+class ChannelOwner(EventEmitter):
+    """What ``ChildProcess`` and ``process`` share: an optional ``Channel``,
+    whose ``send()`` checks its arguments and the channel first."""
 
     def __init__(self) -> None:
         super().__init__()
+        #: The IPC channel, or None when there is none.
+        self.channel: Optional[Channel] = None
         self._disconnect_called = False
 
     @property
@@ -92,7 +100,7 @@ class Owner(ChannelOwner):
         """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
         if self.channel is not None and self.channel.connected:
             self._disconnect_called = True
-        super().disconnect()
+            self.channel.disconnect()
 
     def _closed_reason(self) -> Optional[str]:
         """Why nothing can be sent any more, or None while something can.
@@ -106,3 +114,23 @@ class Owner(ChannelOwner):
                 return "the IPC channel is closed (disconnect() was called)"
             return "the IPC channel is closed"
         return None
+
+    def _channel_message(self, message: Any, handle: Any) -> None:
+        if not self.emit("message", message, handle) and handle is not None:
+            _handles.close(handle)  # nobody will take it: never leak it
+
+    def _channel_error(self, err: BaseException) -> None:
+        """Report a failure of the channel's: ``'error'`` if anyone listens, else a log line.
+
+        Unlike Node, which throws an ``'error'`` nobody listens for: the
+        failure is the peer's or the channel's, not a bug of the caller's,
+        so it gets one warning line on the ``geventfork`` logger, not a
+        traceback through the library.
+        """
+        if self.listener_count("error"):
+            self.emit("error", err)
+        else:
+            log.warning("%r: %s (%s; no 'error' listener)", self, err, type(err).__name__)
+
+    def _channel_closed(self) -> None:
+        self.emit("disconnect")

@@ -8,13 +8,13 @@ from typing import Any, Optional
 from . import _handles
 from ._channel import Channel
 from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MAX_QUEUED_ENV, SERIALIZATION_ENV
-from ._owner import Owner
+from ._owner import ChannelOwner
 from ._serialization import by_name
 
 __all__ = ["Process", "process"]
 
 
-class Process(Owner):
+class Process(ChannelOwner):
     """This process, as its parent sees it through ``fork()``.
 
     Events: ``'message'(message, handle)``, ``'disconnect'``, ``'error'``.

@@ -22,7 +22,7 @@ from ._main import (
     MONKEY_ENV,
     SERIALIZATION_ENV,
 )
-from ._owner import Owner
+from ._owner import ChannelOwner
 from ._serialization import by_name
 
 __all__ = ["fork", "ChildProcess", "resolve_module"]
@@ -35,7 +35,7 @@ _STDIO = {"pipe": subprocess.PIPE, "inherit": None, "ignore": subprocess.DEVNULL
 SignalLike = Union[int, str]
 
 
-class ChildProcess(Owner):
+class ChildProcess(ChannelOwner):
     """A child started by ``fork()``; the parent's handle on it.
 
     Events: ``'spawn'``, ``'message'(message, handle)``, ``'disconnect'``,

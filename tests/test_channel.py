@@ -33,7 +33,8 @@ from gevent.event import Event
 from gevent.queue import Empty, Queue
 
 from geventfork import _handles, _wire, net
-from geventfork._channel import HANDLE_WEIGHT, HIGH_WATER_MARK, READ_BATCH, Channel, ChannelOwner
+from geventfork._channel import HANDLE_WEIGHT, HIGH_WATER_MARK, READ_BATCH, Channel
+from geventfork._owner import ChannelOwner
 from geventfork._serialization import JSON, PICKLE, Codec
 from geventfork.errors import (
     ChannelBusyError,
