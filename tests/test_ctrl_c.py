@@ -12,8 +12,10 @@ its start-up (``SigCgt`` gains SIGINT) and the runner's first lines drop
 it (``SigCgt`` loses it). Before that, the interpreter is still importing
 ``site`` (10-150 ms here): a SIGINT then is CPython's business (it prints a
 ``KeyboardInterrupt`` traceback for any script), except in forked children,
-which start with SIGINT blocked. Moment ``"exec"`` signals right after the
-parent's ``exec``, before CPython's handler exists.
+which start with SIGINT blocked. So the moments start at the runner's
+takeover: right after the parent's ``exec`` a SIGINT may land before
+CPython's handler (the process dies quietly) or after it (CPython's
+traceback), as the machine's load decides, which no test can pin down.
 
 In the runner's first phase SIGINT has no handler (its default action ends
 the process quietly); once the script runs, Python's handler is back and
@@ -88,19 +90,18 @@ def group(pgid):
     return found
 
 
-@pytest.mark.parametrize("moment", ["exec", 0.0, 0.1, 0.3, 0.6, 0.9, 1.2])
+@pytest.mark.parametrize("moment", [0.0, 0.1, 0.3, 0.6, 0.9, 1.2])
 def test_ctrl_c_at_any_moment(popen, moment):
     for _attempt in range(5):  # a loaded machine may hide the runner's first 0.1 s from us
         parent = start_parent(popen)
-        if moment == "exec" or runner_took_over(parent.pid):
+        if runner_took_over(parent.pid):
             break
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait(timeout=BOUND)
     else:
         pytest.skip("could not see when the runner took SIGINT over in 5 attempts")
     try:
-        if moment != "exec":
-            time.sleep(moment)
+        time.sleep(moment)
         members = group(parent.pid)
         os.killpg(parent.pid, signal.SIGINT)
         with gevent.Timeout(BOUND, AssertionError(f"stderr still open after {BOUND} s")):
