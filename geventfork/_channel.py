@@ -8,6 +8,7 @@ process alive, the way libuv handles do in Node.
 """
 from __future__ import annotations
 
+import _socket
 import enum
 import errno
 import socket
@@ -17,7 +18,22 @@ from array import array
 from collections import deque
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, NoReturn, Optional
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Protocol,
+    Set,
+    Tuple,
+    Union,
+    cast,
+)
 
 import gevent
 from gevent import get_hub
@@ -33,7 +49,7 @@ from .errors import (
     SerializationError,
 )
 
-__all__ = ["Channel", "State", "HIGH_WATER_MARK", "MAX_QUEUED", "HANDLE_WEIGHT"]
+__all__ = ["Channel", "Owner", "State", "HIGH_WATER_MARK", "MAX_QUEUED", "HANDLE_WEIGHT"]
 
 
 #: ``send()`` returns False once this many bytes are queued, counting each
@@ -67,7 +83,43 @@ _MESSAGE = _wire.MESSAGE
 #: ``sendmsg`` errors that say the channel itself is gone; any other error of a
 #: send that carries fds is about those fds, and fails that message only.
 _BROKEN = frozenset((errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN))
-Callback = Callable[[Optional[BaseException]], Any]
+Callback = Callable[[Optional[BaseException]], object]
+#: A send callback to run, with its argument: ``(callback, err)``; a None
+#: callback leaves ``err`` to the owner's ``_channel_error``.
+_Call = Tuple[Optional[Callback], Optional[BaseException]]
+#: Bytes queued or being written: a frame, or what a short write left of it.
+_Data = Union[bytes, memoryview]
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gevent._types import _IoWatcher as _StubIoWatcher
+
+    class _IoWatcher(_StubIoWatcher, Protocol):
+        """A gevent io watcher with the ``active`` and ``ref`` that gevent
+        documents (``gevent._interfaces.IWatcher``) and its stubs omit."""
+
+        ref: bool
+
+        @property
+        def active(self) -> bool: ...
+
+
+def _without_err(fn: Callable[[], object]) -> Callback:
+    """``fn`` as a send callback: it is called with the error, which it ignores."""
+    return lambda err: fn()
+
+
+class Owner(Protocol):
+    """What a ``Channel`` reports to: a ``ChildProcess``, or ``process``."""
+
+    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+        """A message (and its handle, or None) arrived."""
+
+    def _channel_error(self, err: BaseException) -> None:
+        """A failure with no send callback to take it (a bad frame, a lost handle)."""
+
+    def _channel_closed(self) -> None:
+        """The channel left the living (``'disconnect'``), once."""
 
 
 class State(enum.Enum):
@@ -120,10 +172,10 @@ class _Pending:
     def __init__(
         self,
         callback: Optional[Callback],
-        handle: Any,
+        handle: Optional[_handles.Handle],
         outgoing: Optional[_handles.Outgoing],
         keep_open: bool,
-        on_done: Optional[Callable[[], Any]],
+        on_done: Optional[Callable[[], object]],
     ) -> None:
         self.callback = callback
         self.handle = handle
@@ -151,8 +203,8 @@ class Channel:
 
     def __init__(
         self,
-        sock: Any,
-        owner: Any,
+        sock: _socket.socket,
+        owner: Owner,
         codec: Codec,
         max_size: int = _wire.MAX_FRAME_SIZE,
         ref: bool = True,
@@ -169,15 +221,18 @@ class Channel:
         loop = self._loop = get_hub().loop
         self._counts_turns = hasattr(loop, "iteration")  # libev's loop does, libuv's not
         self._written_in = -1  # the loop iteration of the last _write_now
-        self._read_watcher = loop.io(self._fd, 1)
-        self._write_watcher = loop.io(self._fd, 2)
-        self._queue: deque = deque()  # [data, fds, callback-or-None, ident]
+        # Casts: the stubs' watcher type lacks ``active`` and ``ref`` (see _IoWatcher).
+        self._read_watcher = cast("_IoWatcher", loop.io(self._fd, 1))
+        self._write_watcher = cast("_IoWatcher", loop.io(self._fd, 2))
+        # [data, fds, callback-or-None, ident]: a list, as a short write replaces its data
+        self._queue: Deque[List[Any]] = deque()
         self._queued_bytes = 0
         self._flush_scheduled = False
-        self._awaiting: dict = {}  # ident -> _Pending
+        self._awaiting: Dict[int, _Pending] = {}
         self._handles_awaiting = 0  # of _awaiting, those carrying a handle
-        self._tracked: dict = {}  # ident -> on_done, once the receiver has the handle
-        self._holding: set = set()  # idents of received handles whose sender awaits DONE
+        # ident -> on_done, once the receiver has the handle
+        self._tracked: Dict[int, Callable[[], object]] = {}
+        self._holding: Set[int] = set()  # idents of received handles whose sender awaits DONE
         self._next_ident = 0
         self.state = State.OPEN
         self._refs = 0
@@ -210,12 +265,12 @@ class Channel:
     def send(
         self,
         message: Any,
-        handle: Any = None,
-        options: Optional[dict] = None,
+        handle: Optional[_handles.Handle] = None,
+        options: Optional[Mapping[str, Any]] = None,
         callback: Optional[Callback] = None,
         *,
         acknowledge: bool = False,
-        on_done: Optional[Callable[[], Any]] = None,
+        on_done: Optional[Callable[[], object]] = None,
     ) -> bool:
         """Queue ``message`` (and ``handle``) for the peer; see ``ChildProcess.send``.
 
@@ -278,7 +333,7 @@ class Channel:
                 return ident
 
     def _send_frame(
-        self, data: bytes, fds: tuple, callback: Optional[Callback], ident: int, now: bool
+        self, data: _Data, fds: Tuple[int, ...], callback: Optional[Callback], ident: int, now: bool
     ) -> bool:
         """Write a frame at once if ``now`` and nothing is queued, else queue it."""
         if now and not self._queue and not self._write_watcher.active:
@@ -314,7 +369,9 @@ class Channel:
 
     # -- writing --------------------------------------------------------
 
-    def _enqueue(self, data: Any, fds: tuple, callback: Optional[Callback], ident: int = 0) -> None:
+    def _enqueue(
+        self, data: _Data, fds: Tuple[int, ...], callback: Optional[Callback], ident: int = 0
+    ) -> None:
         self._queue.append([data, fds, callback, ident])
         self._queued_bytes += len(data)
         if not self._flush_scheduled:
@@ -322,7 +379,9 @@ class Channel:
         elif self._queued_bytes >= WRITE_BATCH and not self._write_watcher.active:
             self._flush()  # a long run of sends: let the peer start on them
 
-    def _write_now(self, data: bytes, fds: tuple, callback: Optional[Callback]) -> tuple:
+    def _write_now(
+        self, data: _Data, fds: Tuple[int, ...], callback: Optional[Callback]
+    ) -> Tuple[_Data, Tuple[int, ...]]:
         """Write a message at once, nothing being queued (as libuv does).
 
         Returns what is left to queue, ``(data, fds)``; ``data`` is empty
@@ -362,7 +421,7 @@ class Channel:
         self._write_watcher.stop()
         if self.state is State.CLOSED:
             return
-        done: list = []
+        done: List[_Call] = []
         try:
             self._write_some(done)
         except OSError as exc:
@@ -376,7 +435,7 @@ class Channel:
             elif self.state is State.FINISHING:
                 self._shut_down(None)
 
-    def _write_some(self, done: list) -> None:
+    def _write_some(self, done: List[_Call]) -> None:
         queue, sock = self._queue, self._sock
         while queue:
             first = queue[0]
@@ -413,7 +472,7 @@ class Channel:
                 if item[2] is not None:
                     done.append((item[2], None))
 
-    def _drop_first(self, exc: OSError, done: list) -> None:
+    def _drop_first(self, exc: OSError, done: List[_Call]) -> None:
         """Fail the queue's first message, whose fds ``sendmsg`` refused."""
         data, _fds, callback, ident = self._queue.popleft()
         self._queued_bytes -= len(data)
@@ -452,7 +511,9 @@ class Channel:
                     slice_end = time.monotonic() + READ_SLICE
                     continue
                 except (ConnectionResetError, OSError) as exc:
-                    if self.state is State.CLOSED:
+                    # (The calls above may close the channel, which the checker
+                    # cannot see: hence the ignores here and below.)
+                    if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
                         return
                     raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
                 fds = _platform.fds_from_ancillary(anc) if anc else ()
@@ -469,9 +530,15 @@ class Channel:
                         break
                     gevent.idle()  # a bounded batch, or slice, is done: let others run
                     slice_end = time.monotonic() + READ_SLICE
-                    if event is _wire.NEED_DATA or self.state is State.CLOSED:
+                    if event is _wire.NEED_DATA or (
+                        self.state is State.CLOSED  # type: ignore[comparison-overlap]
+                    ):
                         break
-                if size < READ_SIZE and not anc and self.state is not State.CLOSED:
+                if (
+                    size < READ_SIZE
+                    and not anc
+                    and self.state is not State.CLOSED  # type: ignore[comparison-overlap]
+                ):
                     # A short read without fds emptied the socket: wait for
                     # more rather than pay for a read that would say EAGAIN.
                     hub.wait(watcher)
@@ -485,7 +552,7 @@ class Channel:
             hub.handle_error(self, *sys.exc_info())
             self._shut_down(ChannelClosedError(f"the IPC channel failed: {exc!r}"))
 
-    def _dispatch(self) -> Any:
+    def _dispatch(self) -> Optional[_wire.NoFrame]:
         """Handle up to ``READ_BATCH`` whole frames.
 
         Returns:
@@ -495,12 +562,12 @@ class Channel:
         Raises:
             ProtocolError: a malformed frame, or one in another codec.
         """
-        done: list = []
+        done: List[_Call] = []
         decoder, codec = self._decoder, self._codec.ident
         try:
             for _ in range(READ_BATCH):
                 frame = decoder.next_event()
-                if frame is _wire.NEED_DATA or frame is _wire.CLOSED:
+                if isinstance(frame, _wire.Sentinel):  # NEED_DATA or CLOSED
                     return frame
                 if frame.codec != codec and frame.kind == _MESSAGE:
                     self._wrong_codec(frame)
@@ -541,7 +608,7 @@ class Channel:
         if answer == _wire.ACK:
             self._owner._channel_message(message, handle)
 
-    def _take(self, frame: _wire.Frame) -> tuple:
+    def _take(self, frame: _wire.Frame) -> Tuple[Any, Optional[_handles.Handle], int]:
         """Decode a frame's message and rebuild its handle.
 
         Every fd of the frame that no handle took is closed here, and only
@@ -566,7 +633,9 @@ class Channel:
                 _platform.close_quietly(fd)
         return message, handle, _wire.ACK
 
-    def _rebuild(self, frame: _wire.Frame, fds: list) -> tuple:
+    def _rebuild(
+        self, frame: _wire.Frame, fds: List[int]
+    ) -> Tuple[Any, Optional[_handles.Handle]]:
         """Decode a frame's message and rebuild its handle; ``(message, handle)``.
 
         The handle's fd leaves ``fds`` only once the handle owns it: whatever
@@ -606,13 +675,13 @@ class Channel:
         if self.state is not State.CLOSED:
             self._enqueue(_wire.encode_ack(ident, _wire.DONE), (), None)
 
-    def _answered(self, frame: _wire.Frame, done: list) -> None:
+    def _answered(self, frame: _wire.Frame, done: List[_Call]) -> None:
         if frame.kind == _wire.DONE:
             on_done = self._tracked.pop(frame.ident, None)
             if on_done is None:
                 self._report(ProtocolError(f"DONE for unknown message {frame.ident}"))
             else:
-                done.append((lambda err, fn=on_done: fn(), None))
+                done.append((_without_err(on_done), None))
             return
         pending = self._settle(frame.ident)
         if pending is None:
@@ -632,7 +701,7 @@ class Channel:
             )
             self._lost(pending, lost, done)
 
-    def _lost(self, pending: _Pending, err: BaseException, done: list) -> None:
+    def _lost(self, pending: _Pending, err: BaseException, done: List[_Call]) -> None:
         """A message did not reach the peer: its handle is ours again; say so once.
 
         With a callback, the handle is the caller's to send again. Without
@@ -652,7 +721,7 @@ class Channel:
         if self.state is State.CLOSED:
             return
         self._to(State.CLOSED)
-        flushed: list = []
+        flushed: List[_Call] = []
         if err is None and self._queue:
             try:  # the peer closed its end: its reads may still be open
                 self._write_some(flushed)
@@ -683,7 +752,7 @@ class Channel:
             return
         self._to(State.FINISHING)
         self._read_watcher.stop()
-        failed: list = []
+        failed: List[_Call] = []
         closed = ChannelClosedError("the IPC channel was closed by the other end")
         for ident in list(self._awaiting):  # it can no longer acknowledge them
             pending = self._settle(ident)
@@ -703,12 +772,12 @@ class Channel:
         """Emit ``'error'`` on the owner, outside the reader greenlet."""
         submit(self._owner._channel_error, err)
 
-    def _finish(self, calls: list) -> None:
+    def _finish(self, calls: List[_Call]) -> None:
         """Run send callbacks, ``(callback, err)``, in a greenlet of their own."""
         if calls:
             submit(self._run_callbacks, calls)
 
-    def _run_callbacks(self, calls: list) -> None:
+    def _run_callbacks(self, calls: List[_Call]) -> None:
         for callback, err in calls:
             try:
                 if callback is not None:

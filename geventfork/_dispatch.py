@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Tuple
 
 from gevent import Greenlet, get_hub
-from greenlet import GreenletExit
+from greenlet import GreenletExit, greenlet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gevent.hub import Hub
 
 __all__ = ["submit", "submit_listener"]
 
@@ -34,18 +37,36 @@ __all__ = ["submit", "submit_listener"]
 MAX_IDLE = 32
 
 
+class FailureHook(Protocol):
+    """What ``submit_listener`` reports a raising listener to (an ``EventEmitter``)."""
+
+    def _listener_failed(
+        self, event: str, listener: Callable[..., object], args: Tuple[Any, ...], exc: BaseException
+    ) -> bool: ...
+
+
+#: A queued job: ``(fn, args, emitter, event)``.
+_Job = Tuple[Callable[..., object], Tuple[Any, ...], Optional[FailureHook], str]
+
+
 class Dispatcher:
     """The job queue and runners of one hub."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        self._jobs: deque = deque()
-        self._idle: list = []
-        self._runner: Any = None  # the runner taking jobs off the queue
+        self._jobs: Deque[_Job] = deque()
+        self._idle: List[greenlet] = []
+        self._runner: Optional[greenlet] = None  # the runner taking jobs off the queue
         self._in_job = False  # whether ``_runner`` is inside a job
         self._watching = False  # a ``_watch`` callback is pending
 
-    def submit(self, fn: Callable, args: tuple, emitter: Any = None, event: str = "") -> None:
+    def submit(
+        self,
+        fn: Callable[..., object],
+        args: Tuple[Any, ...],
+        emitter: Optional[FailureHook] = None,
+        event: str = "",
+    ) -> None:
         """Run ``fn(*args)`` soon, after the jobs submitted before it.
 
         Args:
@@ -93,6 +114,9 @@ class Dispatcher:
     def _run(self) -> None:
         me = Greenlet.getcurrent()
         jobs, hub = self._jobs, self._hub
+        fn: Optional[Callable[..., object]]
+        args: Optional[Tuple[Any, ...]]
+        emitter: Optional[FailureHook]
         try:
             while True:
                 while jobs and self._runner is me:
@@ -126,7 +150,7 @@ class Dispatcher:
                 if jobs:
                     self._start_runner()
 
-    def _park(self, me: Any) -> None:
+    def _park(self, me: greenlet) -> None:
         """Wait in ``_idle`` until ``_start_runner`` picks this runner again."""
         self._idle.append(me)
         while self._runner is not me:
@@ -139,7 +163,12 @@ class Dispatcher:
 
 
 def _tell_emitter(
-    hub: Any, emitter: Any, event: str, fn: Callable, args: tuple, exc: BaseException
+    hub: Hub,
+    emitter: FailureHook,
+    event: str,
+    fn: Callable[..., object],
+    args: Tuple[Any, ...],
+    exc: BaseException,
 ) -> bool:
     """Call ``emitter._listener_failed``; return whether it reported ``exc`` itself.
 
@@ -154,19 +183,25 @@ def _tell_emitter(
 
 def _dispatcher() -> Dispatcher:
     hub = get_hub()
+    # (ignores: an attribute of our own on gevent's Hub, which its stubs cannot know)
     try:
-        return hub.geventfork_dispatcher
+        dispatcher: Dispatcher = hub.geventfork_dispatcher  # type: ignore[attr-defined]
     except AttributeError:
-        dispatcher = hub.geventfork_dispatcher = Dispatcher(hub)
-        return dispatcher
+        dispatcher = hub.geventfork_dispatcher = Dispatcher(hub)  # type: ignore[attr-defined]
+    return dispatcher
 
 
-def submit(fn: Callable, *args: Any) -> None:
+def submit(fn: Callable[..., object], *args: Any) -> None:
     """Run ``fn(*args)`` in a runner of this thread's hub; see the module docstring."""
     _dispatcher().submit(fn, args)
 
 
-def submit_listener(emitter: Any, event: str, listeners: tuple, args: tuple) -> None:
+def submit_listener(
+    emitter: FailureHook,
+    event: str,
+    listeners: Tuple[Callable[..., object], ...],
+    args: Tuple[Any, ...],
+) -> None:
     """Run each of ``listeners`` with ``args``, as ``submit`` does.
 
     A listener that raises is reported to ``emitter._listener_failed(event,

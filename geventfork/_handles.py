@@ -7,7 +7,7 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 from __future__ import annotations
 
 import _socket
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 from gevent import socket as gsocket
 
@@ -15,7 +15,11 @@ from ._server import Server
 from ._stream import Socket
 from .errors import InvalidHandleTypeError
 
-__all__ = ["Outgoing", "check", "to_wire", "from_wire", "tracked", "close"]
+__all__ = ["Handle", "Outgoing", "check", "to_wire", "from_wire", "tracked", "close"]
+
+#: What ``send()`` accepts as a handle, and what a received one is rebuilt as.
+#: gevent's socket is no subclass of ``_socket.socket``: both are named.
+Handle = Union[Socket, Server, _socket.socket, gsocket.socket]
 
 # Handle numbers on the wire (a frame's ``handle`` byte). Never reuse one.
 SOCKET = 1  # net.Socket
@@ -45,33 +49,33 @@ class Outgoing(NamedTuple):
     returned: Callable[[], None]
     #: ``abandon()``: after ``returned()``, when nobody will send it again:
     #: a ``net.Socket`` is ended gracefully, so its client gets EOF.
-    abandon: Callable[[], None]
+    abandon: Callable[[], object]
 
 
 #: Plain sockets on their way to a peer, by ``id`` (a ``net.Socket`` knows its
 #: own). Keyed by the object, not its fd: a socket closed while in flight may
 #: see its fd number reused at once by another.
-_raw_in_flight: Dict[int, Any] = {}
+_raw_in_flight: Dict[int, Union[_socket.socket, gsocket.socket]] = {}
 
 
-def _nothing(*args: Any) -> None:
+def _nothing(*args: object) -> None:
     pass
 
 
-def check(handle: Any) -> None:
+def check(handle: object) -> None:
     """Raise ``InvalidHandleTypeError`` unless ``send()`` accepts ``handle``."""
     if not isinstance(handle, (Socket, Server, _socket.socket, gsocket.socket)):
         raise _invalid(handle)
 
 
-def _invalid(handle: Any) -> InvalidHandleTypeError:
+def _invalid(handle: object) -> InvalidHandleTypeError:
     return InvalidHandleTypeError(
         "handle must be a net.Socket, a net.Server or a socket, "
         f"not {type(handle).__name__}"
     )
 
 
-def to_wire(handle: Any, track: bool = False) -> Outgoing:
+def to_wire(handle: object, track: bool = False) -> Outgoing:
     """Prepare ``handle`` for sending.
 
     Args:
@@ -104,7 +108,7 @@ def to_wire(handle: Any, track: bool = False) -> Outgoing:
     raise _invalid(handle)
 
 
-def _raw_to_wire(sock: Any) -> Outgoing:
+def _raw_to_wire(sock: Union[_socket.socket, gsocket.socket]) -> Outgoing:
     fd = sock.fileno()
     if fd < 0:
         raise InvalidHandleTypeError("cannot send a closed socket")
@@ -129,7 +133,9 @@ def tracked(code: int, flags: int) -> bool:
     return code == SOCKET and bool(flags & TRACKED)
 
 
-def from_wire(code: int, flags: int, fd: int, on_done: Optional[Callable[[], Any]] = None) -> Any:
+def from_wire(
+    code: int, flags: int, fd: int, on_done: Optional[Callable[[], object]] = None
+) -> Handle:
     """Rebuild a handle the peer sent; the new object owns ``fd``.
 
     Args:
@@ -151,13 +157,13 @@ def from_wire(code: int, flags: int, fd: int, on_done: Optional[Callable[[], Any
     raise ValueError(f"unknown handle type {code}")
 
 
-def _tcp_flag(sock: Any) -> int:
+def _tcp_flag(sock: Any) -> int:  # any socket, or an Accepted
     if sock.type != _socket.SOCK_STREAM:
         return 0
     return TCP4 if sock.family == _socket.AF_INET else TCP6 if sock.family == _socket.AF_INET6 else 0
 
 
-def _stream_socket(flags: int, fd: int) -> Any:
+def _stream_socket(flags: int, fd: int) -> _socket.socket:
     """A socket object for a received ``net.Socket``'s fd.
 
     Told the family, CPython skips the two ``getsockopt`` calls it would make
@@ -178,7 +184,9 @@ def _stream_socket(flags: int, fd: int) -> Any:
     return sock
 
 
-def close(handle: Any) -> None:
+def close(handle: Handle) -> None:
     """Close a received handle nobody will take."""
-    destroy = getattr(handle, "destroy", None) or handle.close
-    destroy()
+    if isinstance(handle, Socket):
+        handle.destroy()
+    else:
+        handle.close()

@@ -14,10 +14,13 @@ from __future__ import annotations
 import _socket
 import logging
 import socket as _stdlib_socket
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 from gevent import socket as gsocket
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._server import Server
 
 __all__ = [
     "Accepted", "ConnectionSocket", "Lifetime", "END_LINGER", "READ_SIZE", "DONTWAIT",
@@ -48,7 +51,9 @@ class Lifetime:
 
     __slots__ = ("server", "on_done", "shared")
 
-    def __init__(self, server: Any, on_done: Optional[Callable[[], Any]], shared: bool) -> None:
+    def __init__(
+        self, server: Optional[Server], on_done: Optional[Callable[[], object]], shared: bool
+    ) -> None:
         self.server = server
         self.on_done = on_done
         #: Sent to another process with ``keep_open``: the connection is
@@ -62,7 +67,7 @@ class Lifetime:
         report_done(server, on_done)
 
 
-def report_done(server: Any, on_done: Optional[Callable[[], Any]]) -> None:
+def report_done(server: Optional[Server], on_done: Optional[Callable[[], object]]) -> None:
     """Count a connection out of ``server`` and call ``on_done`` (either may be None)."""
     if server is not None:
         try:
@@ -78,7 +83,12 @@ def report_done(server: Any, on_done: Optional[Callable[[], Any]]) -> None:
 
 # The class gevent makes the plain socket under its own of: subclasses may
 # name another (it must derive from this one), on gevent 24 to 26 alike.
-_PlainSocket: Any = gsocket.socket._gevent_sock_class
+# gevent's stubs do not declare that attribute: the checker takes the stdlib
+# class it derives from.
+if TYPE_CHECKING:  # pragma: no cover
+    _PlainSocket = _socket.socket
+else:
+    _PlainSocket = gsocket.socket._gevent_sock_class
 
 
 class _Fd(_PlainSocket):
@@ -90,6 +100,7 @@ class _Fd(_PlainSocket):
     """
 
     __slots__ = ("_lifetime",)
+    _lifetime: Optional[Lifetime]
 
     def close(self) -> None:
         super().close()
@@ -101,10 +112,12 @@ class _Fd(_PlainSocket):
         return fd
 
 
-def _finish(raw: Any) -> None:
+def _finish(raw: object) -> None:
     """Run ``raw``'s ``Lifetime``, once (if ``raw`` is an ``_Fd``: gevent's
     closed-socket proxy raises on any attribute)."""
-    lifetime = getattr(raw, "_lifetime", None) if isinstance(raw, _Fd) else None
+    if not isinstance(raw, _Fd):
+        return
+    lifetime = getattr(raw, "_lifetime", None)
     if lifetime is not None:
         raw._lifetime = None
         lifetime()
@@ -122,9 +135,10 @@ class ConnectionSocket(gsocket.socket):
     __slots__ = ()
     _gevent_sock_class = _Fd
 
+    # ``_sock`` and ``_real_close`` are gevent's, and private: its stubs omit them.
     def _real_close(self, *args: Any) -> None:
-        raw = self._sock
-        super()._real_close(*args)
+        raw = self._sock  # type: ignore[attr-defined]
+        super()._real_close(*args)  # type: ignore[misc]
         # gevent may close ``raw`` itself on the loop's next turn only:
         # report now, so that a Pool closes its copy of the connection now.
         _finish(raw)
@@ -142,14 +156,14 @@ class ConnectionSocket(gsocket.socket):
         close_later(raw, not lifetime.shared, lifetime)
 
 
-def gevent_socket(raw: Any, lifetime: Lifetime) -> ConnectionSocket:
+def gevent_socket(raw: _socket.socket, lifetime: Lifetime) -> ConnectionSocket:
     """A gevent socket that takes over ``raw``'s fd and runs ``lifetime`` when done."""
     sock = ConnectionSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    sock._sock._lifetime = lifetime
+    sock._sock._lifetime = lifetime  # type: ignore[attr-defined]  # an _Fd: see _real_close
     return sock
 
 
-def close_later(raw: Any, graceful: bool, lifetime: Optional[Lifetime]) -> None:
+def close_later(raw: _socket.socket, graceful: bool, lifetime: Optional[Lifetime]) -> None:
     """Close ``raw`` (a plain socket nobody else holds) on the hub's next turn.
 
     For the garbage collector's paths: they may run in the middle of any
@@ -161,7 +175,7 @@ def close_later(raw: Any, graceful: bool, lifetime: Optional[Lifetime]) -> None:
         raw.close()
 
 
-def _linger_close(raw: Any, graceful: bool, lifetime: Optional[Lifetime]) -> None:
+def _linger_close(raw: _socket.socket, graceful: bool, lifetime: Optional[Lifetime]) -> None:
     """Close ``raw`` as ``end()`` would, with loop watchers that hold no ``Socket``.
 
     Gracefully: shut the write side down (the peer gets EOF at once), read
@@ -195,7 +209,7 @@ def _linger_close(raw: Any, graceful: bool, lifetime: Optional[Lifetime]) -> Non
     watchers[0].start(drain)
 
 
-def drained(raw: Any) -> bool:
+def drained(raw: _socket.socket) -> bool:
     """Read and drop what ``raw`` has; True once the peer closed (or failed)."""
     try:
         while raw.recv(READ_SIZE, DONTWAIT):
@@ -233,6 +247,6 @@ class Accepted:
         if self.fd >= 0:
             _socket.close(self.detach())
 
-    def to_socket(self) -> Any:
+    def to_socket(self) -> _socket.socket:
         """A ``_socket.socket`` that takes over the fd."""
         return _socket.socket(self.family, self.type, self.proto, fileno=self.detach())

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, NoReturn, Optional, Sequence, TextIO, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from types import CodeType
 
 __all__ = ["main", "run", "run_script", "COMMANDS"]
 
@@ -99,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 # -- the command line -------------------------------------------------------
 
 
-def _parse(args: list) -> tuple:
+def _parse(args: List[str]) -> Tuple[str, List[str]]:
     """Split the command line into ``(SCRIPT, ARGS)``; exit on help, version or misuse."""
     while args and args[0].startswith("-") and args[0] != "-":
         option = args.pop(0)
@@ -132,7 +135,7 @@ def _version() -> str:
     return __version__
 
 
-def _exit_with(text: str, status: int, stream: Any = None) -> NoReturn:
+def _exit_with(text: str, status: int, stream: Optional[TextIO] = None) -> NoReturn:
     (stream or sys.stderr).write(text)
     sys.exit(status)
 
@@ -299,7 +302,7 @@ def _run_module_as_main(name: str) -> None:
     )
 
 
-def _exec_as_main(code: Any, **attributes: object) -> None:
+def _exec_as_main(code: CodeType, **attributes: object) -> None:
     """Run ``code`` in a new ``__main__`` module that stays in ``sys.modules``.
 
     Not ``runpy``: it runs the code in a temporary module and puts the
@@ -354,7 +357,8 @@ def run() -> None:
     # One turn of the loop first: gevent (>= 25.8.1) defers an os.close() of a
     # pipe or socket to a check watcher of the loop, which keeps join() from
     # returning until the loop turns, and an idle loop never does.
-    with hub.loop.idle() as watcher:
+    # gevent's watchers are context managers (closed on exit); its stubs omit it.
+    with hub.loop.idle() as watcher:  # type: ignore[attr-defined]
         hub.wait(watcher)
     hub.join()
 

@@ -22,7 +22,7 @@ __all__ = ["ChannelOwner", "check_send_arguments"]
 log = logging.getLogger("geventfork")
 
 
-def check_send_arguments(options: Any, callback: Any) -> None:
+def check_send_arguments(options: object, callback: object) -> None:
     """Raise ``TypeError`` unless ``options`` and ``callback`` are what ``send()`` takes.
 
     Raises:
@@ -56,8 +56,8 @@ class ChannelOwner(EventEmitter):
     def send(
         self,
         message: Any,
-        handle: Any = None,
-        options: Optional[Mapping] = None,
+        handle: Optional[_handles.Handle] = None,
+        options: Optional[Mapping[str, Any]] = None,
         callback: Optional[Callback] = None,
     ) -> bool:
         """Queue ``message``, and optionally a handle, for the other end.
@@ -94,7 +94,7 @@ class ChannelOwner(EventEmitter):
         reason = self._closed_reason()
         if reason is not None or self.channel is None:
             raise ChannelClosedError(f"cannot send: {reason or 'there is no IPC channel'}")
-        return self.channel.send(message, handle, options, callback)  # type: ignore[arg-type]
+        return self.channel.send(message, handle, options, callback)
 
     def disconnect(self) -> None:
         """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
@@ -115,7 +115,7 @@ class ChannelOwner(EventEmitter):
             return "the IPC channel is closed"
         return None
 
-    def _channel_message(self, message: Any, handle: Any) -> None:
+    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
         if not self.emit("message", message, handle) and handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 

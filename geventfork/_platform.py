@@ -7,7 +7,7 @@ import socket
 import struct
 import termios
 from array import array
-from typing import Any, Iterable, Optional
+from typing import Iterable, List, Optional, Tuple
 
 __all__ = [
     "RECV_FLAGS", "MAX_FDS_PER_READ", "anc_buffer_size", "fds_from_ancillary", "set_cloexec",
@@ -27,7 +27,7 @@ def anc_buffer_size(nfds: int = MAX_FDS_PER_READ) -> int:
     return socket.CMSG_SPACE(nfds * array("i").itemsize)
 
 
-def fds_from_ancillary(ancdata: Iterable) -> list:
+def fds_from_ancillary(ancdata: Iterable[Tuple[int, int, bytes]]) -> List[int]:
     """The fds an ``SCM_RIGHTS`` ancillary list carries, close-on-exec."""
     fds = array("i")
     for level, kind, data in ancdata:
@@ -64,10 +64,11 @@ _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ: bytes not yet acked by t
 
 
 def _ioctl_int(fd: int, request: int) -> int:
-    return struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+    value: int = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+    return value
 
 
-def tcp_progress(sock: Any) -> Optional[tuple]:
+def tcp_progress(sock: socket.socket) -> Optional[Tuple[bool, int, int]]:
     """What has happened to a TCP connection: ``(shut, consumed, written)``.
 
     ``shut``: no longer open both ways from our side; ``consumed``: bytes

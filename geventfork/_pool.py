@@ -19,18 +19,36 @@ import signal as _signal
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, Optional, Sequence
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Deque,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+    cast,
+)
 
 import gevent
 from gevent.event import Event
 
 from . import _handles, _platform
+from ._channel import Callback, Channel
 from ._owner import check_send_arguments
 from ._server import Server
 from ._stream import Socket
 from .child_process import ChildProcess, fork, resolve_module
 from .errors import ChannelClosedError, ProtocolError, WorkerStartupError
 from .events import EventEmitter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gevent._types import _TimerWatcher
 
 __all__ = ["Pool"]
 
@@ -76,23 +94,35 @@ class _Job:
     __slots__ = ("message", "handle", "options", "callback", "baseline", "worker",
                  "reported", "done", "refused_by", "lost")
 
-    def __init__(self, message: Any, handle: Any, options: Optional[dict], callback: Any) -> None:
+    def __init__(
+        self,
+        message: Any,
+        handle: Optional[_handles.Handle],
+        options: Optional[Mapping[str, Any]],
+        callback: Optional[Callback],
+    ) -> None:
         self.message = message
         self.handle = handle
         self.options = options
         self.callback = callback
         #: ``_platform.tcp_progress()`` when first sent, for a connection the
         #: pool keeps a copy of ("tracked"); None otherwise.
-        self.baseline: Optional[tuple] = None
+        self.baseline: Optional[Tuple[bool, int, int]] = None
         self.worker: Optional[_Worker] = None  # the worker it is with now
         self.reported = False
         self.done = False  # the worker said it is done with the connection
-        self.refused_by: set = set()  # pids of workers that lost its fd (NACK)
+        self.refused_by: Set[Optional[int]] = set()  # pids of workers that lost its fd (NACK)
         self.lost: Optional[BaseException] = None  # the last NACK's error
+
+    @property
+    def connection(self) -> Socket:
+        """The handle of a tracked job (``baseline`` set): always a ``net.Socket``."""
+        # Cast: only a net.Socket gets a baseline (_tracked_baseline).
+        return cast(Socket, self.handle)
 
     def untouched(self) -> bool:
         """Whether no worker has read, written or shut the connection down."""
-        return _platform.tcp_progress(self.handle._raw_socket) == self.baseline
+        return _platform.tcp_progress(self.connection._raw_socket) == self.baseline
 
 
 class _Worker:
@@ -108,10 +138,10 @@ class _Worker:
         self.ready = False  # its script got going (see Pool._ready)
         self.retiring = False  # it said it disconnects on purpose
         self.exited = False
-        self.sending: set = set()  # jobs sent, not yet acknowledged or failed
-        self.serving: set = set()  # tracked jobs it has, or had when it died
-        self.stderr: deque = deque(maxlen=STDERR_LINES)
-        self.reader: Optional[gevent.Greenlet] = None  # copies its stderr
+        self.sending: Set[_Job] = set()  # jobs sent, not yet acknowledged or failed
+        self.serving: Set[_Job] = set()  # tracked jobs it has, or had when it died
+        self.stderr: Deque[str] = deque(maxlen=STDERR_LINES)
+        self.reader: Optional[gevent.Greenlet[..., None]] = None  # copies its stderr
         self.timer: Any = None  # makes it ready after STABLE_AFTER s
 
     @property
@@ -125,7 +155,9 @@ class _Worker:
         return channel is not None and channel.connected
 
 
-def _tracked_baseline(handle: Any, options: Optional[dict]) -> Optional[tuple]:
+def _tracked_baseline(
+    handle: Optional[_handles.Handle], options: Optional[Mapping[str, Any]]
+) -> Optional[Tuple[bool, int, int]]:
     """The byte counts of a TCP ``net.Socket`` the pool will keep a copy of, else None.
 
     Not when the caller keeps its own copy (``keep_open``), nor where the
@@ -168,7 +200,7 @@ class Pool(EventEmitter):
 
     def __init__(
         self,
-        module: Any,
+        module: Union[str, os.PathLike[str]],
         size: int,
         args: Sequence[Any] = (),
         *,
@@ -188,11 +220,11 @@ class Pool(EventEmitter):
         self.shutdown_timeout = shutdown_timeout
         self._tail_stderr = "silent" not in options and "stdio" not in options
         self._options = {**options, "stdio": STDIO} if self._tail_stderr else options
-        self._live: list = []  # _Worker not gone yet, in slot order
+        self._live: List[_Worker] = []  # not gone yet, in slot order
         self._failures = [0] * size  # quick deaths in a row, per slot
-        self._restarts: dict = {}  # slot -> the greenlet that will respawn it
-        self._queue: deque = deque()  # _Job, while no worker is connected
-        self._jobs: dict = {}  # id(handle) -> _Job, for the handles in our care
+        self._restarts: Dict[int, gevent.Greenlet[..., None]] = {}  # slot -> its respawn
+        self._queue: Deque[_Job] = deque()  # while no worker is connected
+        self._jobs: Dict[int, _Job] = {}  # id(handle) -> job, for the handles in our care
         self._turn = 0
         self._unready_exits = 0  # workers that died before they were ready, in a row
         self._failed: Optional[WorkerStartupError] = None  # set during a crash loop
@@ -205,16 +237,16 @@ class Pool(EventEmitter):
             self._announce(worker.child)
 
     @property
-    def workers(self) -> list:
+    def workers(self) -> List[ChildProcess]:
         """The workers running now (``ChildProcess``), in slot order."""
         return [worker.child for worker in self._live if not worker.exited]
 
     def send(
         self,
         message: Any,
-        handle: Any = None,
-        options: Optional[dict] = None,
-        callback: Optional[Callable] = None,
+        handle: Optional[_handles.Handle] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        callback: Optional[Callback] = None,
     ) -> bool:
         """Send ``message`` (and a handle) to a live worker; see ``ChildProcess.send``.
 
@@ -310,7 +342,7 @@ class Pool(EventEmitter):
         if child.pid is not None:
             gevent.spawn(self.emit, "spawn", child)
 
-    def _forward(self, worker: _Worker, message: Any, handle: Any) -> None:
+    def _forward(self, worker: _Worker, message: Any, handle: Optional[_handles.Handle]) -> None:
         if isinstance(message, dict) and message.get("cmd") == _CMD and handle is None:
             if message.get("state") == "retiring":
                 worker.retiring = True
@@ -404,21 +436,21 @@ class Pool(EventEmitter):
         if self._closing and not self._live:
             self._all_gone.set()
 
-    def _unhandled_error(self, err: Any) -> None:
+    def _unhandled_error(self, err: object) -> None:
         """An ``'error'`` nobody listens for: one warning line, no traceback."""
         line = getattr(err, "summary", None) or str(err).partition("\n")[0]
         log.warning("Pool %s: %s: %s", self.module, type(err).__name__, line)
 
     # -- sending ----------------------------------------------------------
 
-    def _connected(self) -> list:
+    def _connected(self) -> List[_Worker]:
         """The workers a send may go to: connected, neither exited nor retiring."""
         return [
             worker for worker in self._live
             if not worker.retiring and not worker.exited and worker.channel_open()
         ]
 
-    def _pick(self, workers: list) -> _Worker:
+    def _pick(self, workers: List[_Worker]) -> _Worker:
         self._turn = (self._turn + 1) % len(workers)
         ordered = workers[self._turn:] + workers[: self._turn]
         if self.strategy == "least_busy":
@@ -440,10 +472,12 @@ class Pool(EventEmitter):
         if job.refused_by:
             workers = [w for w in workers if w.child.pid not in job.refused_by]
             if not workers:  # every worker lost its fd: it will not fit anywhere now
-                self._fail(job, job.lost)
+                # Cast: every pid in refused_by came with a NACK, which set lost.
+                self._fail(job, cast(BaseException, job.lost))
                 return False
         worker = self._pick(workers)
-        options, extra = job.options, {}
+        options = job.options
+        extra: Dict[str, Any] = {}
         if job.baseline is not None:
             options = {**(options or {}), "keep_open": True}
             extra["on_done"] = lambda: self._done(worker, job)
@@ -452,7 +486,8 @@ class Pool(EventEmitter):
         job.worker = worker
         worker.sending.add(job)
         try:
-            return worker.child.channel.send(
+            # Cast: _connected() returned workers whose channel is open.
+            return cast(Channel, worker.child.channel).send(
                 job.message, job.handle, options,
                 lambda err: self._answered(worker, job, err), **extra,
             )
@@ -504,7 +539,7 @@ class Pool(EventEmitter):
         if job not in worker.sending:  # else its ACK, still to come, settles it
             job.worker = None
             self._settled(job)
-        job.handle.destroy()
+        job.connection.destroy()  # on_done is asked for tracked jobs only
 
     def _recover(self, job: _Job) -> None:
         """A tracked connection's worker died: re-send it if untouched, else end it.
@@ -513,13 +548,13 @@ class Pool(EventEmitter):
         kernel's byte counts any more.
         """
         if job.baseline is not None:
-            job.handle._returned()  # no longer shared with the dead worker
+            job.connection._returned()  # no longer shared with the dead worker
         if job.baseline is None or job.untouched():
             self._retry(job, ChannelClosedError("the worker died before it began on it"))
         else:
             self._report(job, None)  # a worker began on it: it was delivered
             self._settled(job)
-            job.handle.end()  # FIN after what the worker wrote; the client's bytes drained
+            job.connection.end()  # FIN after what the worker wrote; the client's bytes drained
 
     def _retry(self, job: _Job, err: BaseException) -> None:
         """Send ``job`` to another worker, unless the pool cannot any more."""
@@ -558,7 +593,7 @@ class Pool(EventEmitter):
             gevent.spawn(self.emit, "error", err)
 
 
-def _let_go(handle: Any) -> None:
+def _let_go(handle: _handles.Handle) -> None:
     """Let go of a handle nobody will serve: end a ``net.Socket`` gracefully
     (EOF, not RST), close a plain socket, leave a ``net.Server`` listening
     (as Node keeps a sent server open in the sender)."""
@@ -568,7 +603,7 @@ def _let_go(handle: Any) -> None:
         _handles.close(handle)
 
 
-def _copy_stderr(pipe: Any, tail: deque) -> None:
+def _copy_stderr(pipe: IO[bytes], tail: Deque[str]) -> None:
     """Copy a worker's stderr to ours, line by line, keeping the last lines in ``tail``."""
     try:
         while True:
@@ -587,10 +622,10 @@ def _copy_stderr(pipe: Any, tail: deque) -> None:
 
 # -- the worker's side ----------------------------------------------------
 
-_deadline: Any = None
+_deadline: Optional[_TimerWatcher] = None
 
 
-def _worker_main(argv: list) -> None:
+def _worker_main(argv: List[str]) -> None:
     """Run the user's worker script; end it ``grace`` s after its channel closes."""
     from ._main import run_script
     from ._process import process

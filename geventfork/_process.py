@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from . import _handles
 from ._channel import Channel
@@ -26,9 +26,10 @@ class Process(ChannelOwner):
     def __init__(self) -> None:
         super().__init__()
         #: Node-style: ``[sys.executable, SCRIPT, *ARGS]``.
-        self.argv: list = [sys.executable, *sys.argv]
+        self.argv: List[str] = [sys.executable, *sys.argv]
         self.pid = os.getpid()
-        self._held: Optional[list] = []  # None once the top level returned
+        # (message, handle) pairs; None once the top level returned
+        self._held: Optional[List[Tuple[Any, Optional[_handles.Handle]]]] = []
 
     def _closed_reason(self) -> Optional[str]:
         if self.channel is None:
@@ -37,7 +38,7 @@ class Process(ChannelOwner):
             return "the IPC channel to the parent is closed"
         return super()._closed_reason()
 
-    def _connect(self, script: str, args: list) -> None:
+    def _connect(self, script: str, args: List[str]) -> None:
         """Take the channel the parent passed, if any (the runner calls this).
 
         The variables that name it leave the environment and the fd is made
@@ -73,7 +74,7 @@ class Process(ChannelOwner):
             if handle is not None:
                 _handles.close(handle)
 
-    def _channel_message(self, message: Any, handle: Any) -> None:
+    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
         if self._held is not None and not self._listeners.get("message"):
             self._held.append((message, handle))  # Node holds these too
         else:

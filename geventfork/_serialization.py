@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NoReturn, Optional, Tuple
 
 from .errors import ProtocolError, SerializationError
 
@@ -40,7 +40,7 @@ class Codec:
         raise NotImplementedError
 
 
-def _not_serialisable(obj: Any) -> Any:
+def _not_serialisable(obj: object) -> NoReturn:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
@@ -52,12 +52,15 @@ def _json_encoder() -> Callable[[Any], str]:
     reference markers are empty after every encoding that succeeds, and a
     failed one replaces it.
     """
-    make = json.encoder.c_make_encoder
+    # typeshed does not declare this CPython attribute (None without _json).
+    make: Optional[Callable[..., Callable[[Any, int], Iterable[str]]]] = getattr(
+        json.encoder, "c_make_encoder", None
+    )
     if make is None:
         return json.JSONEncoder(separators=(",", ":")).encode
     encode_string = json.encoder.encode_basestring_ascii
 
-    def new() -> Callable:
+    def new() -> Callable[[Any, int], Iterable[str]]:
         return make({}, _not_serialisable, encode_string, None, ":", ",", False, False, True)
 
     current = [new()]
@@ -77,7 +80,11 @@ def _json_encoder() -> Callable[[Any], str]:
 def _json_decoder() -> Callable[[str], Any]:
     """``json.loads`` minus its wrappers: the scanner, then a check for trailing data."""
     decoder = json.JSONDecoder()
-    scan = json.scanner.make_scanner(decoder)
+    # typeshed types make_scanner's argument as itself, not the JSONDecoder
+    # the standard library passes it (json/decoder.py).
+    scan: Callable[[str, int], Tuple[Any, int]] = json.scanner.make_scanner(
+        decoder  # type: ignore[arg-type]
+    )
 
     def decode(text: str) -> Any:
         try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import socket as _stdlib_socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple, TypedDict, Union
 
 import gevent
 from gevent import socket as gsocket
@@ -12,10 +12,18 @@ from ._stream import _FAMILIES, Accepted, Socket, _address
 from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
-__all__ = ["Server"]
+__all__ = ["Server", "AddressInfo"]
 
 
-def _bind(host: str, port: int, backlog: int) -> Any:
+class AddressInfo(TypedDict):
+    """What ``Server.address()`` returns, as Node's ``server.address()``."""
+
+    address: str
+    family: Optional[str]  # "IPv4" or "IPv6"
+    port: int
+
+
+def _bind(host: str, port: int, backlog: int) -> gsocket.socket:
     """A listening socket; closed again if binding fails (gevent's own leaks it)."""
     family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
     sock = gsocket.socket(family, _stdlib_socket.SOCK_STREAM)
@@ -36,15 +44,17 @@ class _Acceptor(StreamServer):
     only if the connection is used here, not just sent on.
     """
 
-    def do_read(self) -> Any:
+    # It gives the handler (Server._accept) an Accepted, where the stubs say a socket.
+    def do_read(self) -> Optional[Tuple[Accepted, Any]]:  # type: ignore[override]
         listener = self.socket
         try:
-            fd, address = listener._accept()
+            # The fd alone, as socket.accept() gets it (private, so not in the stubs).
+            fd, address = listener._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
             return None
         return Accepted(fd, listener.family, listener.type, listener.proto, address), address
 
-    def do_close(self, sock: Any, *args: Any) -> None:
+    def do_close(self, sock: object, *args: object) -> None:
         pass
 
 
@@ -58,7 +68,7 @@ class Server(EventEmitter):
 
     def __init__(
         self,
-        connection_listener: Optional[Callable] = None,
+        connection_listener: Optional[Callable[[Socket], object]] = None,
         *,
         pause_on_connect: bool = False,
         allow_half_open: bool = False,
@@ -90,7 +100,7 @@ class Server(EventEmitter):
         port: int = 0,
         host: str = "0.0.0.0",
         backlog: int = 511,
-        callback: Optional[Callable] = None,
+        callback: Optional[Callable[[], object]] = None,
     ) -> Server:
         """Bind and listen; ``'listening'`` follows.
 
@@ -102,14 +112,18 @@ class Server(EventEmitter):
         listener = _bind(host, port, backlog)  # a bind error leaves no callback behind
         if callback is not None:
             self.once("listening", callback)
-        self._start(_Acceptor(listener, self._accept, spawn=None))
+        # The stubs type a StreamServer's handler for a socket; ours gets an
+        # Accepted from _Acceptor.do_read (here and in _from_listener).
+        self._start(_Acceptor(listener, self._accept, spawn=None))  # type: ignore[arg-type]
         return self
 
     @classmethod
-    def _from_listener(cls, sock: Any, *, pause_on_connect: bool, allow_half_open: bool) -> Server:
+    def _from_listener(
+        cls, sock: gsocket.socket, *, pause_on_connect: bool, allow_half_open: bool
+    ) -> Server:
         """A server accepting on a listening socket another process sent."""
         server = cls(pause_on_connect=pause_on_connect, allow_half_open=allow_half_open)
-        server._start(_Acceptor(sock, server._accept, spawn=None))
+        server._start(_Acceptor(sock, server._accept, spawn=None))  # type: ignore[arg-type]
         return server
 
     def _start(self, acceptor: _Acceptor) -> None:
@@ -124,15 +138,19 @@ class Server(EventEmitter):
         fd: int = self._acceptor.socket.fileno()
         return fd
 
-    def address(self) -> Optional[dict]:
+    # ``AddressInfo | Any`` (typeshed's "Any trick"), not ``Optional``: None only
+    # before listen() or after close(), so ``server.address()["port"]`` checks
+    # (its key and value types) without a None test, and ``is None`` still does.
+    def address(self) -> Union[AddressInfo, Any]:
         """``{"address", "family", "port"}`` of the listening socket, or None."""
         if self._acceptor is None or not self.listening:
             return None
         sock = self._acceptor.socket
-        host, port = _address(sock.getsockname())
+        # A TCP socket's name (it listens on nothing else): (host, port[, flow, scope]).
+        host, port = sock.getsockname()[:2]
         return {"address": host, "family": _FAMILIES.get(sock.family), "port": port}
 
-    def close(self, callback: Optional[Callable] = None) -> Server:
+    def close(self, callback: Optional[Callable[[], object]] = None) -> Server:
         """Stop accepting; ``'close'`` follows once every connection has ended."""
         if callback is not None:
             self.once("close", callback)
@@ -148,7 +166,7 @@ class Server(EventEmitter):
             raise RuntimeError("call listen() first")
         self._acceptor.serve_forever()
 
-    def _accept(self, sock: Any, address: Any) -> None:
+    def _accept(self, sock: Accepted, address: Any) -> None:
         """The accept loop's handler: runs in the hub, so it must not block."""
         if self.max_connections is not None and self._open >= self.max_connections:
             self._drop(sock, address)
@@ -158,8 +176,8 @@ class Server(EventEmitter):
                       allow_half_open=self.allow_half_open)
         self.emit("connection", conn)
 
-    def _drop(self, sock: Any, address: Any) -> None:
-        sock = sock.to_socket()
+    def _drop(self, accepted: Accepted, address: Any) -> None:
+        sock = accepted.to_socket()
         local = _address(sock.getsockname())
         remote = _address(address)
         family = _FAMILIES.get(sock.family)

@@ -5,7 +5,7 @@ import codecs
 import logging
 import socket as _stdlib_socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 import gevent
 from gevent import socket as gsocket
@@ -26,6 +26,10 @@ from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
 if TYPE_CHECKING:  # pragma: no cover
+    import _socket
+
+    from gevent._types import _IoWatcher, _TimerWatcher
+
     from ._server import Server
 
 __all__ = ["Accepted", "Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
@@ -36,7 +40,12 @@ log = logging.getLogger("geventfork.net")
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
-_FAMILIES = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
+_FAMILIES: Dict[int, str] = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
+
+#: ``(host, port)``; ``(None, None)`` where the kernel does not say.
+HostPort = Tuple[Optional[str], Optional[int]]
+#: A completion callback: ``callback(None)`` or ``callback(err)``.
+WriteCallback = Callable[[Optional[BaseException]], object]
 
 
 def _raw(sock: Any) -> Any:
@@ -64,7 +73,7 @@ class Socket(EventEmitter):
         server: Optional[Server] = None,
         paused: bool = False,
         allow_half_open: bool = False,
-        on_done: Optional[Callable[[], Any]] = None,
+        on_done: Optional[Callable[[], object]] = None,
     ) -> None:
         """Wrap a connected socket.
 
@@ -105,20 +114,21 @@ class Socket(EventEmitter):
     bytes_read = 0
     bytes_written = 0
     destroyed = False
-    _reader: Optional[gevent.Greenlet] = None
-    _writer: Optional[gevent.Greenlet] = None
-    _pending: Any = ()  # a deque of [data, callback] once a write had to wait
+    _reader: Optional[gevent.Greenlet[[], None]] = None
+    _writer: Optional[gevent.Greenlet[[], None]] = None
+    # A deque of [data, callback] once a write had to wait.
+    _pending: Union[Tuple[()], Deque[List[Any]]] = ()
     _pending_bytes = 0
     _need_drain = False
     _ending = False
     _write_shut = False
     _read_eof = False
-    _decoder: Any = None  # an incremental decoder, after set_encoding()
-    _timeout: Any = None
+    _decoder: Optional[codecs.IncrementalDecoder] = None  # after set_encoding()
+    _timeout: Optional[_TimerWatcher] = None
     _idle = False
-    _peer: Any = None  # (host, port) once known
-    _lingering: Any = None  # (io watcher, timer) while end() drains
-    _on_done: Optional[Callable[[], Any]] = None
+    _peer: Optional[HostPort] = None  # once known
+    _lingering: Optional[Tuple[_IoWatcher, _TimerWatcher]] = None  # while end() drains
+    _on_done: Optional[Callable[[], object]] = None
     _done: Optional[Lifetime] = None  # once ``socket`` was handed out, or collected
     _finished = False  # counted out and on_done called, without a Lifetime
     _in_flight = False  # handed to a channel, not yet acknowledged or returned
@@ -191,7 +201,7 @@ class Socket(EventEmitter):
         """Our port (or None)."""
         return self._sockname()[1]
 
-    def _peername(self) -> tuple:
+    def _peername(self) -> HostPort:
         """(host, port) of the peer, remembered once known.
 
         An accepted socket knows it from ``accept``; a received one asks the
@@ -214,7 +224,7 @@ class Socket(EventEmitter):
             return str(host)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def _sockname(self) -> tuple:
+    def _sockname(self) -> HostPort:
         try:
             return _address(self._raw_socket.getsockname())
         except OSError:
@@ -286,7 +296,9 @@ class Socket(EventEmitter):
 
     # -- writing ----------------------------------------------------------
 
-    def write(self, data: Union[bytes, str, memoryview], callback: Optional[Callable] = None) -> bool:
+    def write(
+        self, data: Union[bytes, str, memoryview], callback: Optional[WriteCallback] = None
+    ) -> bool:
         """Write ``data`` (``str`` is UTF-8 encoded) without blocking the caller.
 
         Returns:
@@ -348,12 +360,14 @@ class Socket(EventEmitter):
         if self._ending:
             self._shut_write()
 
-    def _write_failed(self, err: BaseException, callback: Optional[Callable]) -> None:
+    def _write_failed(self, err: BaseException, callback: Optional[WriteCallback]) -> None:
         if callback is not None:
             callback(err)
         self._fail(err)
 
-    def end(self, data: Union[bytes, str, None] = None, callback: Optional[Callable] = None) -> Socket:
+    def end(
+        self, data: Union[bytes, str, None] = None, callback: Optional[Callable[..., object]] = None
+    ) -> Socket:
         """Write ``data``, then close gracefully.
 
         Remaining writes are flushed, the write side is shut down, and the
@@ -402,7 +416,7 @@ class Socket(EventEmitter):
         self._lingering[1].start(self._lingered)
         self._lingering[0].start(self._drain, raw)
 
-    def _drain(self, raw: Any) -> None:
+    def _drain(self, raw: _socket.socket) -> None:
         """The socket is readable while lingering (runs in the hub)."""
         if drained(raw):
             self._lingered()
@@ -483,14 +497,16 @@ class Socket(EventEmitter):
             self._peername()  # a last chance, for the report
             self.destroy(exc)
 
-    def _unhandled_error(self, err: Any) -> None:
+    def _unhandled_error(self, err: object) -> None:
         log.warning("socket error with no 'error' listener (%s): %r", self._peer_label(), err)
         if not self.destroyed:  # emitted by hand, not by destroy(err)
             self.destroy()
 
     # -- options ----------------------------------------------------------
 
-    def set_timeout(self, seconds: float, callback: Optional[Callable] = None) -> Socket:
+    def set_timeout(
+        self, seconds: float, callback: Optional[Callable[..., object]] = None
+    ) -> Socket:
         """Emit ``'timeout'`` after ``seconds`` idle (0 disables); it does not close."""
         self._stop_timer()
         if callback is not None:
@@ -588,7 +604,8 @@ class Socket(EventEmitter):
         return f"<net.Socket {state} remote={self.remote_address}:{self.remote_port}>"
 
 
-def _address(address: Any) -> tuple:
+def _address(address: Any) -> HostPort:
+    """``(host, port)`` of an address as ``getsockname``/``getpeername`` give it."""
     if isinstance(address, tuple):
         return address[0], address[1]
     return address or None, None

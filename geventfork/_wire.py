@@ -57,6 +57,7 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "CLOSED",
+    "Sentinel",
     "Frame",
     "Decoder",
     "encode",
@@ -89,22 +90,23 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024
 _COMPACT_AT = 256 * 1024
 
 
-class _Sentinel(type):
+class Sentinel(type):
     """The type of a sentinel class, which is its own value (h11's ``NEED_DATA``).
 
     A class, unlike an instance, is something a type checker can narrow on:
-    ``if event is NEED_DATA`` leaves ``Frame | type[CLOSED]``.
+    after ``if isinstance(event, Sentinel): ...`` the event is a ``Frame``,
+    inside it ``type[NEED_DATA] | type[CLOSED]``.
     """
 
     def __repr__(cls) -> str:
         return cls.__name__
 
 
-class NEED_DATA(metaclass=_Sentinel):
+class NEED_DATA(metaclass=Sentinel):
     """``next_event()``: no whole frame is buffered yet."""
 
 
-class CLOSED(metaclass=_Sentinel):
+class CLOSED(metaclass=Sentinel):
     """``next_event()``: the peer closed the stream cleanly between frames."""
 
 
@@ -123,7 +125,9 @@ class Frame(NamedTuple):
     fds_lost: bool = False
 
 
-Event = Union[Frame, Type[NEED_DATA], Type[CLOSED]]
+#: What ``next_event`` returns when it has no frame to give.
+NoFrame = Union[Type[NEED_DATA], Type[CLOSED]]
+Event = Union[Frame, NoFrame]
 #: Bytes kept as a protocol error's evidence: any bytes-like slice of the stream.
 Evidence = Union[bytes, bytearray, memoryview]
 _new_frame = tuple.__new__  # Frame(...) without the generated __new__'s extra call

@@ -7,7 +7,21 @@ import signal as _signal
 import site
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+    cast,
+)
 
 import gevent
 from gevent import subprocess
@@ -23,7 +37,10 @@ from ._main import (
     SERIALIZATION_ENV,
 )
 from ._owner import ChannelOwner
-from ._serialization import by_name
+from ._serialization import Codec, by_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from greenlet import greenlet
 
 __all__ = ["fork", "ChildProcess", "resolve_module"]
 
@@ -52,15 +69,17 @@ class ChildProcess(ChannelOwner):
         self.signal_code: Optional[str] = None
         #: True once ``kill()`` delivered a signal.
         self.killed = False
-        self.spawnargs: list = []
-        self.stdin: Any = None
-        self.stdout: Any = None
-        self.stderr: Any = None
-        self._popen: Optional[subprocess.Popen] = None
-        self._timer: Any = None  # the loop timer behind ``timeout``
+        self.spawnargs: List[str] = []
+        self.stdin: Optional[IO[bytes]] = None
+        self.stdout: Optional[IO[bytes]] = None
+        self.stderr: Optional[IO[bytes]] = None
+        self._popen: Optional[subprocess.Popen[bytes]] = None
+        # The loop timer behind ``timeout``: Any, as gevent's stubs omit the
+        # ``ref`` that _set_ref sets.
+        self._timer: Any = None
         self._exited = False
         self._exit_done = Event()  # set once the 'exit' listeners have run
-        self._exit_greenlet: Any = None
+        self._exit_greenlet: Optional[greenlet] = None
         self._disconnected = False
         self._referenced = True
 
@@ -107,7 +126,8 @@ class ChildProcess(ChannelOwner):
             raise ChildProcessError("the child process never started")
         in_exit_listener = self._exit_greenlet is gevent.getcurrent()
         if not in_exit_listener and not self._exit_done.wait(timeout):
-            raise subprocess.TimeoutExpired(self.spawnargs, timeout)
+            # Cast: wait(None) returns only once set, so timeout is a number here.
+            raise subprocess.TimeoutExpired(self.spawnargs, cast(float, timeout))
         return self._popen.returncode
 
     def ref(self) -> None:
@@ -138,7 +158,13 @@ class ChildProcess(ChannelOwner):
         return super()._closed_reason()
 
     def _spawn(
-        self, args: list, env: dict, cwd: Any, stdio: tuple, codec: Any, max_size: int,
+        self,
+        args: List[str],
+        env: Dict[str, str],
+        cwd: Optional[str],
+        stdio: Tuple[str, ...],
+        codec: Codec,
+        max_size: int,
         max_queued: int,
     ) -> None:
         import _socket
@@ -165,7 +191,10 @@ class ChildProcess(ChannelOwner):
         )
         gevent.spawn(self.emit, "spawn")
         self.channel = Channel(ours, self, codec, max_size, max_queued=max_queued)
-        self._popen.rawlink(lambda popen: gevent.spawn(self._on_exit, popen.returncode))
+        # gevent's Popen.rawlink (called on exit, in the hub) is not in its stubs.
+        self._popen.rawlink(  # type: ignore[attr-defined]
+            lambda popen: gevent.spawn(self._on_exit, popen.returncode)
+        )
 
     def _on_exit(self, returncode: int) -> None:
         self._exited = True
@@ -220,7 +249,7 @@ def fork(
     exec_path: Optional[str] = None,
     exec_argv: Sequence[str] = (),
     cwd: Optional[str] = None,
-    env: Optional[dict] = None,
+    env: Optional[Mapping[str, str]] = None,
     silent: bool = False,
     stdio: Union[str, Sequence[str], None] = None,
     serialization: str = "json",
@@ -349,7 +378,7 @@ def signal_number(sig: SignalLike) -> int:
     return int(sig)
 
 
-def _stdio(silent: bool, stdio: Union[str, Sequence[str], None]) -> tuple:
+def _stdio(silent: bool, stdio: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
     """``fork()``'s ``silent`` / ``stdio`` as three entries of ``_STDIO``."""
     if stdio is None:
         return ("pipe",) * 3 if silent else ("inherit",) * 3
@@ -393,10 +422,10 @@ def _sigint_blocked() -> Iterator[None]:
 
 #: Children being started now, and the signal mask from before the first of them.
 _sigint_holders = 0
-_sigint_mask: Any = set()
+_sigint_mask: Set[int] = set()
 
 
-def _make_importable(env: dict) -> None:
+def _make_importable(env: Dict[str, str]) -> None:
     """Let the child import geventfork even from a source checkout."""
     home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     installed = {os.path.abspath(p) for p in site.getsitepackages()}

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, overload
 
 from ._dispatch import submit_listener
 from .errors import GeventforkError
 
 __all__ = ["EventEmitter"]
 
-Listener = Callable[..., Any]
+Listener = Callable[..., object]
+_L = TypeVar("_L", bound=Listener)
 log = logging.getLogger("geventfork")
 
 
@@ -34,12 +35,18 @@ class EventEmitter:
     is one warning line on the ``geventfork`` logger.
     """
 
-    _spawned_events: frozenset = frozenset(("message", "connection"))
+    _spawned_events: frozenset[str] = frozenset(("message", "connection"))
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = {}
 
-    def on(self, event: str, fn: Optional[Listener] = None) -> Any:
+    @overload
+    def on(self, event: str, fn: _L) -> _L: ...
+
+    @overload
+    def on(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+
+    def on(self, event: str, fn: Optional[Listener] = None) -> object:
         """Call ``fn`` on every ``event``; without ``fn``, return a decorator."""
         if fn is None:
             return lambda f: self.on(event, f)
@@ -49,12 +56,18 @@ class EventEmitter:
 
     add_listener = on
 
-    def once(self, event: str, fn: Optional[Listener] = None) -> Any:
+    @overload
+    def once(self, event: str, fn: _L) -> _L: ...
+
+    @overload
+    def once(self, event: str, fn: None = None) -> Callable[[_L], _L]: ...
+
+    def once(self, event: str, fn: Optional[Listener] = None) -> object:
         """Call ``fn`` on the next ``event`` only; without ``fn``, a decorator."""
         if fn is None:
             return lambda f: self.once(event, f)
 
-        def wrapper(*args: Any) -> Any:
+        def wrapper(*args: Any) -> object:
             self.off(event, wrapper)
             return fn(*args)
 
@@ -114,7 +127,7 @@ class EventEmitter:
                 fn(*args)
         return True
 
-    def _unhandled_error(self, err: Any) -> None:
+    def _unhandled_error(self, err: object) -> None:
         """Raise an ``'error'`` nobody listens for (Node throws it too)."""
         if isinstance(err, BaseException):
             raise err
@@ -123,7 +136,9 @@ class EventEmitter:
     def _listeners_changed(self, event: str) -> None:
         """Hook: ``event`` gained or lost a listener."""
 
-    def _listener_failed(self, event: str, listener: Listener, args: tuple, exc: BaseException) -> bool:
+    def _listener_failed(
+        self, event: str, listener: Listener, args: tuple[Any, ...], exc: BaseException
+    ) -> bool:
         """Hook: ``listener``, of a spawned ``event``, raised ``exc``.
 
         Runs in the listener's greenlet. The default ends every argument

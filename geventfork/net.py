@@ -13,7 +13,7 @@ __all__ = ["create_server", "connect", "create_connection", "Server", "Socket"]
 
 
 def create_server(
-    connection_listener: Optional[Callable] = None,
+    connection_listener: Optional[Callable[[Socket], object]] = None,
     *,
     pause_on_connect: bool = False,
     allow_half_open: bool = False,
@@ -23,7 +23,9 @@ def create_server(
                   allow_half_open=allow_half_open)
 
 
-def connect(port: int, host: str = "127.0.0.1", callback: Optional[Callable] = None) -> Socket:
+def connect(
+    port: int, host: str = "127.0.0.1", callback: Optional[Callable[[], object]] = None
+) -> Socket:
     """Connect to ``host:port``; blocks the calling greenlet (only) until connected.
 
     Unlike Node, a refused connection raises ``OSError`` here; ``'connect'``
