@@ -16,18 +16,9 @@ from typing import TYPE_CHECKING, Any, List, NoReturn, Optional, Sequence, TextI
 if TYPE_CHECKING:  # pragma: no cover
     from types import CodeType
 
-__all__ = ["main", "run", "run_script", "COMMANDS"]
+from ._environ import CHANNEL_FD_ENV, MONKEY_ENV
 
-#: The parent names the channel's fd in this variable (Node: ``NODE_CHANNEL_FD``).
-CHANNEL_FD_ENV = "GEVENTFORK_CHANNEL_FD"
-#: ``json`` or ``pickle`` (Node: ``NODE_CHANNEL_SERIALIZATION_MODE``).
-SERIALIZATION_ENV = "GEVENTFORK_SERIALIZATION"
-#: ``0`` when the child must not be monkey-patched.
-MONKEY_ENV = "GEVENTFORK_MONKEY"
-#: The largest message the child's channel accepts, in bytes.
-MAX_MESSAGE_SIZE_ENV = "GEVENTFORK_MAX_MESSAGE_SIZE"
-#: The most bytes the child's channel queues before ``send()`` raises ``ChannelBusyError``.
-MAX_QUEUED_ENV = "GEVENTFORK_MAX_QUEUED"
+__all__ = ["main", "run", "run_script", "COMMANDS"]
 
 #: The exit status of a usage error or a script that cannot be found
 #: (``python`` uses 2 for both, as do argparse and gunicorn).

@@ -9,8 +9,10 @@ import termios
 from array import array
 from typing import Iterable, List, Optional, Tuple
 
+from ._wire import MAX_FDS
+
 __all__ = [
-    "RECV_FLAGS", "MAX_FDS_PER_READ", "anc_buffer_size", "fds_from_ancillary", "set_cloexec",
+    "RECV_FLAGS", "anc_buffer_size", "fds_from_ancillary", "set_cloexec",
     "tcp_progress", "running",
 ]
 
@@ -18,12 +20,11 @@ __all__ = [
 #: (Linux). Elsewhere ``fds_from_ancillary`` sets the flag on each one.
 RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 
-#: Linux's ``SCM_MAX_FD``: the most fds one message can carry.
-MAX_FDS_PER_READ = 253
 
 
-def anc_buffer_size(nfds: int = MAX_FDS_PER_READ) -> int:
-    """Room for ``nfds`` fds in one ``recvmsg`` ancillary buffer."""
+def anc_buffer_size(nfds: int = MAX_FDS) -> int:
+    """Room for ``nfds`` fds in one ``recvmsg`` ancillary buffer (the wire's
+    ``MAX_FDS``, Linux's ``SCM_MAX_FD``, by default)."""
     return socket.CMSG_SPACE(nfds * array("i").itemsize)
 
 

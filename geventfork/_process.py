@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Tuple
 
 from . import _handles
 from ._channel import Channel
-from ._main import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MAX_QUEUED_ENV, SERIALIZATION_ENV
+from ._environ import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MAX_QUEUED_ENV, SERIALIZATION_ENV
 from ._owner import ChannelOwner
 from ._serialization import by_name
 

@@ -29,7 +29,7 @@ from gevent.event import Event
 
 from . import _wire
 from ._channel import MAX_QUEUED, Channel
-from ._main import (
+from ._environ import (
     CHANNEL_FD_ENV,
     MAX_MESSAGE_SIZE_ENV,
     MAX_QUEUED_ENV,
