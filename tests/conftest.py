@@ -30,7 +30,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 import pytest  # noqa: E402
-from helpers import CHILDREN_DIR  # noqa: E402
+from helpers import CHILDREN_DIR, children_of, cmdline, fd_table  # noqa: E402
 
 #: How long a process gets to exit after SIGTERM, then after SIGKILL.
 STOP_TIMEOUT = 5.0
@@ -56,18 +56,6 @@ def _settle(check, grace):
 # -- leak checks ----------------------------------------------------------
 
 
-def _open_fds():
-    """Map each fd open in this process to what it points at."""
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # closed meanwhile, e.g. listdir's own fd
-            pass
-    listing = f"/proc/{os.getpid()}/fd"
-    return {fd: target for fd, target in fds.items() if target != listing}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _warm_hub():
     """Create the hub and its signal/child machinery before any snapshot.
@@ -82,44 +70,18 @@ def _warm_hub():
 @pytest.fixture(autouse=True)
 def no_leaked_fds(request, _warm_hub):
     """Fail the test if it leaves fds open that were not open before it."""
-    before = _open_fds()
+    before = fd_table()
     yield
     if request.node.get_closest_marker("allow_fd_leak"):
         return
 
     def leaked():
-        return {fd: t for fd, t in _open_fds().items() if before.get(fd) != t}
+        return {fd: t for fd, t in fd_table().items() if before.get(fd) != t}
 
     left = _settle(leaked, FD_GRACE)
     if left:
         listing = ", ".join(f"{fd} -> {t}" for fd, t in sorted(left.items()))
         pytest.fail(f"leaked file descriptors: {listing}", pytrace=False)
-
-
-def _child_pids():
-    """Map each child process of ours to its state letter (``Z``: zombie)."""
-    me, found = os.getpid(), {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:  # exited meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == me:
-            found[int(name)] = state
-    return found
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
 
 
 @pytest.fixture(autouse=True)
@@ -130,10 +92,10 @@ def no_leaked_children(no_leaked_fds):
     are killed and reaped, so one test's leak does not fail the next.
     """
     yield
-    left = _settle(_child_pids, CHILD_GRACE)
+    left = _settle(children_of, CHILD_GRACE)
     if not left:
         return
-    report = "; ".join(f"pid {pid} [{state}] {_cmdline(pid)}" for pid, state in left.items())
+    report = "; ".join(f"pid {pid} [{state}] {cmdline(pid)}" for pid, state in left.items())
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -26,21 +26,17 @@ from helpers import (
     CHILDREN_DIR,
     TIMEOUT,
     MiB,
+    children_of,
+    closed_socket,
     inbox,
+    items_in,
     kill_quietly,
     next_event,
     python_env,
+    recorder,
     take,
     wait_gone,
 )
-
-
-def record(emitter, *events):
-    """A list of ``(event, *args)`` tuples, appended as ``emitter`` emits them."""
-    seen = []
-    for name in events:
-        emitter.on(name, lambda *args, name=name: seen.append((name, *args)))
-    return seen
 
 
 # -- messages -------------------------------------------------------------
@@ -120,11 +116,6 @@ def test_send_a_socket_handle(spawn_child, keep_open):
         if not keep_open:
             assert ours.recv(100) == b""  # the child's copy was the last one
 
-
-def closed_socket():
-    sock = socket.socket()
-    sock.close()
-    return sock
 
 
 @pytest.mark.parametrize(
@@ -245,7 +236,7 @@ def test_silent_pipes_stdout_and_stderr(spawn_child, capfd, silent):
 )
 def test_exit_and_close(spawn_child, script, args, kill, code, signal_code, status):
     child = spawn_child(script, *args)
-    seen = record(child, "exit", "disconnect", "close")
+    events = recorder(child, "exit", "disconnect", "close")
     closed = next_event(child, "close")
     if kill is not None:
         with pytest.raises(subprocess.TimeoutExpired):
@@ -256,6 +247,7 @@ def test_exit_and_close(spawn_child, script, args, kill, code, signal_code, stat
     assert (child.exit_code, child.signal_code) == (code, signal_code)
     assert child.killed is (kill is not None)
     assert closed.get(timeout=TIMEOUT) == (code, signal_code)
+    seen = items_in(events)
     assert seen[-1] == ("close", code, signal_code)
     assert ("exit", code, signal_code) in seen and ("disconnect",) in seen
     assert not child.connected
@@ -450,33 +442,19 @@ def test_bad_stdio_raises_before_starting(children, options, error):
 # -- a script that does not exist -----------------------------------------
 
 
-def child_pids():
-    return {int(name) for name in os.listdir("/proc") if name.isdigit()
-            and _ppid(name) == os.getpid()}
-
-
-def _ppid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
 @pytest.mark.parametrize("cwd", [None, "given"])
 def test_fork_of_a_missing_file_raises_at_once(tmp_path, monkeypatch, cwd):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "elsewhere").mkdir()
     options = {"cwd": str(tmp_path / "elsewhere")} if cwd else {}
-    before = child_pids()
+    before = set(children_of())
     with pytest.raises(FileNotFoundError) as info:
         geventfork.fork("nope.py", **options)
     tried = tmp_path / "elsewhere" / "nope.py" if cwd else tmp_path / "nope.py"
     assert info.value.filename == str(tried)
     where = f"cwd={str(tmp_path / 'elsewhere')!r}" if cwd else "the current directory"
     assert str(info.value) == f"[Errno 2] cannot fork: no such file ('nope.py' taken from {where}): '{tried}'"
-    assert child_pids() == before  # no process started
+    assert set(children_of()) == before  # no process started
 
 
 def test_fork_resolves_a_relative_path_from_the_current_directory(children, monkeypatch):
@@ -490,10 +468,10 @@ def test_fork_resolves_a_relative_path_from_the_current_directory(children, monk
 
 
 def test_pool_of_a_missing_file_raises_at_once(tmp_path):
-    before = child_pids()
+    before = set(children_of())
     with pytest.raises(FileNotFoundError, match="no such file"):
         geventfork.Pool(str(tmp_path / "nope.py"), 2)
-    assert child_pids() == before
+    assert set(children_of()) == before
 
 
 def test_children_started_at_once_leave_sigint_unblocked(children):

@@ -31,7 +31,7 @@ import time
 import gevent
 import pytest
 
-from helpers import CHILDREN_DIR, python_env
+from helpers import CHILDREN_DIR, proc_stat, python_env
 
 #: Seconds after which every process of the group must be gone.
 BOUND = 5.0
@@ -77,15 +77,8 @@ def group(pgid):
     """The live (non-zombie) processes of process group ``pgid``."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        fields = proc_stat(name) if name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(name))
     return found
 

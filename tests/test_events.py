@@ -13,7 +13,7 @@ import pytest
 from gevent.event import Event
 
 from geventfork import EventEmitter
-from helpers import TIMEOUT, wait_until
+from helpers import TIMEOUT, hub_errors, wait_until
 
 SPAWNED = ["message", "connection"]
 
@@ -279,23 +279,17 @@ def test_spawned_listeners_run_later_each_in_its_own_greenlet(event: str) -> Non
 @pytest.mark.parametrize("event", SPAWNED)
 def test_an_exception_in_a_listener_is_reported_and_later_ones_still_run(event: str) -> None:
     emitter, seen = EventEmitter(), []
-    hub = gevent.get_hub()
-    reported = []
-    original = hub.handle_error
-    hub.handle_error = lambda context, type_, value, tb: reported.append(value)
-    try:
 
-        def listener(n):
-            seen.append(n)
-            if n % 2:
-                raise ValueError(f"listener {n} failed")
+    def listener(n):
+        seen.append(n)
+        if n % 2:
+            raise ValueError(f"listener {n} failed")
 
+    with hub_errors() as reported:
         emitter.on(event, listener)
         for n in range(6):
             emitter.emit(event, n)
         wait_until(lambda: len(seen) == 6, "every listener to run")
-    finally:
-        hub.handle_error = original
     assert seen == list(range(6))
     assert [str(e) for e in reported] == ["listener 1 failed", "listener 3 failed", "listener 5 failed"]
 
@@ -423,12 +417,9 @@ class FailureHooked(EventEmitter):
 @pytest.fixture
 def reported():
     """What the hub reports of raising listeners, in order (instead of printing it)."""
-    hub = gevent.get_hub()
     log: list = []
-    original = hub.handle_error
-    hub.handle_error = lambda context, type_, value, tb: log.append(("hub", str(value)))
-    yield log
-    hub.handle_error = original
+    with hub_errors(lambda error: log.append(("hub", str(error)))):
+        yield log
 
 
 @pytest.mark.parametrize("event", SPAWNED)

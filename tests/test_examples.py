@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +17,7 @@ from collections import Counter
 import gevent
 import pytest
 
-from helpers import TIMEOUT, python_env, read_to_eof
+from helpers import TIMEOUT, ask, python_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -67,22 +66,12 @@ def example(popen):
         _kill_group(proc)
 
 
-def ask(port, request, source="127.0.0.1"):
-    """Connect from ``source``, send ``request``, return everything up to EOF."""
-    with socket.socket() as sock:
-        sock.settimeout(TIMEOUT)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(request)
-        return read_to_eof(sock, timeout=None)
-
-
 def drive(port, requests):
     """Send each ``(request, source)`` on a new connection; yield each reply."""
     with gevent.Timeout(DEADLINE, AssertionError(f"{CONNECTIONS} connections took over {DEADLINE} s")):
         for i, (request, source) in enumerate(requests):
             try:
-                yield ask(port, request, source)
+                yield ask(port, request, source, total=None)  # DEADLINE bounds them all
             except (ConnectionResetError, BrokenPipeError) as exc:
                 pytest.fail(f"connection {i} from {source} was reset: {exc!r}")
 

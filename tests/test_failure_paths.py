@@ -13,7 +13,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 
@@ -21,20 +20,23 @@ import gevent
 import pytest
 
 from geventfork.errors import ProtocolError
-from helpers import TIMEOUT, next_event, python_env, read_to_eof, wait_gone, wait_until
+from helpers import (
+    TIMEOUT,
+    ask,
+    children_of,
+    cmdline,
+    fd_count,
+    next_event,
+    python_env,
+    wait_gone,
+    wait_until,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARENT = os.path.join(ROOT, "examples", "priority", "parent.py")
 NORMAL = b"Request handled with normal priority"
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def children_of(pid: int) -> list:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(child) for child in f.read().split()]
+#: What each client sends (the child never reads it).
+REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 
 
 def limit_fds(limit: int):
@@ -70,22 +72,15 @@ def priority(popen):
                 proc.wait(timeout=TIMEOUT)
 
 
-def ask(port: int, request: bytes = b"GET / HTTP/1.0\r\n\r\n") -> bytes:
-    """Connect, send a request the child never reads, return all up to EOF (bounded)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        return read_to_eof(sock)
-
-
 def test_a_dead_child_costs_its_clients_an_eof_not_a_hang_or_an_fd(priority):
     proc, port = priority()
-    assert ask(port) == NORMAL
-    normal = children_of(proc.pid)[0]
+    assert ask(port, REQUEST) == NORMAL
+    (normal,) = [pid for pid in children_of(proc.pid) if cmdline(pid).endswith(" normal")]
     os.kill(normal, signal.SIGKILL)
     assert wait_gone(normal)
     wait_until(lambda: len(children_of(proc.pid)) == 1, "the parent reaped the dead child")
     before = fd_count(proc.pid)
-    replies = [ask(port) for _ in range(100)]  # each bounded by read_to_eof's deadline
+    replies = [ask(port, REQUEST) for _ in range(100)]  # each bounded by ask's deadline
     assert replies == [b""] * 100
     wait_until(lambda: fd_count(proc.pid) <= before, "the parent's fds back to where they were")
     proc.send_signal(signal.SIGTERM)
@@ -110,14 +105,14 @@ def test_at_an_fd_limit_of_64_every_client_is_served_or_closed(priority):
     print(f"at 64 fds: {served} served, {closed} closed of 200")
     assert served + closed == 200, [r for r in results if r not in (NORMAL, b"")][:5]
     assert served > 0
-    later = [ask(port) for _ in range(20)]
+    later = [ask(port, REQUEST) for _ in range(20)]
     assert later == [NORMAL] * 20
     wait_until(lambda: fd_count(proc.pid) < 20, "the parent's fds back to a handful")
 
 
 def _ask_or_error(port: int) -> object:
     try:
-        return ask(port)
+        return ask(port, REQUEST)
     except OSError as exc:  # a reset or refusal is a failure the test reports
         return exc
 

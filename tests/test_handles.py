@@ -15,11 +15,10 @@ import socket
 import gevent
 import pytest
 from gevent.event import AsyncResult
-from gevent.queue import Queue
 
 from geventfork import net
 from geventfork.errors import ChannelClosedError, InvalidHandleTypeError
-from helpers import CHILDREN_DIR, TIMEOUT
+from helpers import CHILDREN_DIR, TIMEOUT, closed_socket, inbox, proc_stat, take_one
 
 
 def _load(name):
@@ -35,16 +34,9 @@ kinds = _load("handle_kinds")
 # -- helpers ----------------------------------------------------------------
 
 
-def inbox(child):
-    """A queue of the ``(message, handle)`` pairs ``child`` sends."""
-    queue = Queue()
-    child.on("message", lambda message, handle: queue.put((message, handle)))
-    return queue
-
-
 def receive(queue):
     """The next message from an ``inbox`` (one without a handle)."""
-    message, handle = queue.get(timeout=TIMEOUT)
+    message, handle = take_one(queue, "message")
     assert handle is None, (message, handle)
     return message
 
@@ -53,14 +45,8 @@ def stop(child):
     """SIGSTOP ``child`` and wait until the kernel shows it stopped."""
     child.kill(signal.SIGSTOP)
     with gevent.Timeout(TIMEOUT, AssertionError(f"{child!r} did not stop")):
-        while _state(child.pid) != "T":
+        while proc_stat(child.pid)[0] != "T":
             gevent.sleep(0.01)
-
-
-def _state(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2]
 
 
 def raw(handle):
@@ -178,7 +164,7 @@ def hand_to_child(child, kind, clients, options=None):
 @pytest.mark.parametrize("kind", kinds.KINDS)
 def test_parent_to_child(kind, spawn_child, clients):
     child = spawn_child("handle_echo.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     handle, client, acked = hand_to_child(child, kind, clients)
     assert receive(messages) == {"got": expected(kind, client)}
     assert acked.get(timeout=TIMEOUT) is None
@@ -192,7 +178,7 @@ def test_parent_to_child(kind, spawn_child, clients):
 @pytest.mark.parametrize("kind", kinds.KINDS)
 def test_child_to_parent(kind, spawn_child, clients):
     child = spawn_child("handle_sender.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     client = clients(kind)
     child.send({"make": kind})
     client.ready(receive(messages)["address"])
@@ -212,7 +198,7 @@ def test_child_to_parent(kind, spawn_child, clients):
 
 def test_sent_server_still_accepts_in_the_sender(spawn_child, clients):
     child = spawn_child("handle_echo.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     server = net.create_server().listen(0, "127.0.0.1")
     try:
         kinds.serve(server, b"parent")
@@ -232,7 +218,7 @@ def test_sent_server_still_accepts_in_the_sender(spawn_child, clients):
 
 def test_child_sends_an_invalid_handle(spawn_child):
     child = spawn_child("handle_sender.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     child.send({"invalid": True})
     assert receive(messages) == {"raised": "InvalidHandleTypeError", "code": "ERR_INVALID_HANDLE_TYPE"}
 
@@ -243,7 +229,7 @@ def test_child_sends_an_invalid_handle(spawn_child):
 @pytest.mark.parametrize("kind", ["net.Socket", "tcp"])
 def test_keep_open_keeps_the_senders_copy(kind, spawn_child, clients):
     child = spawn_child("handle_echo.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     handle, client, acked = hand_to_child(child, kind, clients, {"keep_open": True})
     assert receive(messages)["got"]["class"]
     assert acked.get(timeout=TIMEOUT) is None
@@ -257,7 +243,7 @@ def test_keep_open_keeps_the_senders_copy(kind, spawn_child, clients):
 @pytest.mark.parametrize("kind", ["net.Socket", "tcp"])
 def test_senders_copy_is_closed_only_after_the_ack(kind, spawn_child, clients):
     child = spawn_child("handle_echo.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     stop(child)  # it cannot acknowledge
     handle, client, acked = hand_to_child(child, kind, clients)
     flushed = AsyncResult()
@@ -275,7 +261,7 @@ def test_senders_copy_is_closed_only_after_the_ack(kind, spawn_child, clients):
 def test_child_killed_before_the_ack_loses_no_connection(spawn_child, clients):
     first = spawn_child("handle_echo.py")
     second = spawn_child("handle_echo.py")  # started now, to overlap the start-ups
-    messages = inbox(second)
+    messages = inbox(second, handles=True)
     client = clients("net.Socket-paused")
     handle = kinds.make("net.Socket-paused", client.ready)
     client.send(b"ping\n")
@@ -306,7 +292,7 @@ def test_child_killed_before_the_ack_loses_no_connection(spawn_child, clients):
 @pytest.mark.parametrize("kind", ["net.Socket-paused", "tcp"])
 def test_bytes_sent_before_the_handoff_all_reach_the_child(kind, spawn_child, clients):
     child = spawn_child("handle_echo.py")
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     client = clients(kind)
     handle = kinds.make(kind, client.ready)
     request = bytes(range(11, 256)) * 128 + b"\n"  # ~31 KiB, no newline before the end
@@ -322,16 +308,10 @@ def test_bytes_sent_before_the_handoff_all_reach_the_child(kind, spawn_child, cl
 @pytest.mark.parametrize("kind", ["net.Socket-paused", "tcp"])
 def test_handle_nobody_listens_for_is_closed(kind, spawn_child, clients):
     child = spawn_child("handle_ignore.py")
-    assert receive(inbox(child)) == "ready"  # its top level has returned
+    assert receive(inbox(child, handles=True)) == "ready"  # its top level has returned
     handle, client, acked = hand_to_child(child, kind, clients)
     assert acked.get(timeout=TIMEOUT) is None
     assert client.receive() == b""  # EOF, not a hang
-
-
-def _closed_socket():
-    sock = socket.socket()
-    sock.close()
-    return sock
 
 
 def _destroyed_net_socket():
@@ -347,7 +327,7 @@ BAD_HANDLES = {
     "str": lambda: "socket",
     "object": object,
     "file": lambda: open(os.devnull),
-    "closed socket": _closed_socket,
+    "closed socket": closed_socket,
     "destroyed net.Socket": _destroyed_net_socket,
     "server not listening": net.create_server,
 }
@@ -355,7 +335,7 @@ BAD_HANDLES = {
 
 def test_invalid_handles_raise_before_anything_is_queued(spawn_child):
     child = spawn_child("handle_echo.py")  # one child for all: a child costs ~0.5 s
-    messages = inbox(child)
+    messages = inbox(child, handles=True)
     called = AsyncResult()
     for name, make_bad in BAD_HANDLES.items():
         bad = make_bad()

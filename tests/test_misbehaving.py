@@ -10,17 +10,14 @@ the worker is alive, serves the next client in full, holds the same fds as
 before, and has printed no traceback; and nothing reached the parent's hub
 as an error.
 """
-import contextlib
-import os
 import socket
-import struct
 
 import gevent
 import pytest
 
 from geventfork import net
 from geventfork._stream import END_LINGER
-from helpers import TIMEOUT, KiB, MiB, read_to_eof
+from helpers import TIMEOUT, KiB, MiB, fd_table, hub_errors, poll, read_to_eof, reset
 
 #: Misbehaving clients per test, all at once.
 BAD_CLIENTS = 10
@@ -50,31 +47,8 @@ def answer(size):
     return b"answer\n" + b"." * size
 
 
-def reset(sock):
-    """Close ``sock`` with a reset (RST), not a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def fd_table(pid):
-    """Map each fd of process ``pid`` to what it points at."""
-    table = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            table[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-    return table
-
-
 def sockets_held(pid):
     return sum(target.startswith("socket:") for target in fd_table(pid).values())
-
-
-def poll(predicate, timeout):
-    """Poll ``predicate`` every 50 ms for up to ``timeout`` s; its last result."""
-    with gevent.Timeout(timeout, False):
-        while not predicate():
-            gevent.sleep(0.05)
-    return predicate()
 
 
 class Frontend:
@@ -149,23 +123,14 @@ class Frontend:
 
 
 @pytest.fixture
-def hub_errors(monkeypatch):
-    """A list of the errors that reach this process's hub during the test."""
-    hub = gevent.get_hub()
-    errors = []
-    original = hub.handle_error
-
-    def record(context, kind, value, tb):
-        if kind is not None and not issubclass(kind, hub.NOT_ERROR):
-            errors.append((context, value))
-        return original(context, kind, value, tb)
-
-    monkeypatch.setattr(hub, "handle_error", record)
-    return errors
+def parent_errors():
+    """A list of the errors that reach this process's hub during the test (still printed)."""
+    with hub_errors(show=True) as errors:
+        yield errors
 
 
 @pytest.fixture(params=list(WORKERS))
-def frontend(request, spawn_child, hub_errors):
+def frontend(request, spawn_child, parent_errors):
     """A ``Frontend`` on each worker kind, warmed up by one served client."""
     worker = spawn_child(*WORKERS[request.param], silent=True)
     front = Frontend(worker)
@@ -174,7 +139,7 @@ def frontend(request, spawn_child, hub_errors):
         yield front
     finally:
         front.close()
-    assert hub_errors == [], "errors reached the parent's hub"
+    assert parent_errors == [], "errors reached the parent's hub"
     assert all(err is None for err in front.acks), front.acks
 
 

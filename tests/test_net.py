@@ -6,7 +6,6 @@ they see is what the kernel delivered: a reply, a clean EOF or a reset.
 """
 import logging
 import socket
-import struct
 
 import gevent
 import pytest
@@ -14,7 +13,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import net
-from helpers import TIMEOUT, read_to_eof, wait_until
+from helpers import TIMEOUT, read_to_eof, recorder, reset, wait_until
 
 
 # -- helpers ------------------------------------------------------------------
@@ -67,20 +66,6 @@ def connect():
 def accepted(server):
     """The next socket ``server`` accepted."""
     return server.accepted.get(timeout=TIMEOUT)
-
-
-def reset(sock):
-    """Close ``sock`` so that the peer gets a reset (RST), not a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def recorder(emitter, *events):
-    """A queue of ``(event, *args)`` for each of ``events`` on ``emitter``."""
-    queue = Queue()
-    for event in events:
-        emitter.on(event, lambda *args, event=event: queue.put((event, *args)))
-    return queue
 
 
 # -- Server ---------------------------------------------------------------------

@@ -25,6 +25,9 @@ from geventfork.errors import ProtocolError
 from helpers import (
     CHILDREN_DIR,
     TIMEOUT,
+    ask,
+    cmdline,
+    fd_count,
     kill_quietly,
     next_event,
     python_env,
@@ -34,6 +37,8 @@ from helpers import (
 )
 
 REPLY = b"served by the pool\n"
+#: What each client sends.
+HELLO = b"hello\n"
 #: The load test: concurrent clients, SIGKILLs, and seconds between them.
 CLIENTS = 8
 KILLS = 10
@@ -62,18 +67,6 @@ def server():
     srv.listen(0, "127.0.0.1")
     yield srv
     srv.close()
-
-
-def ask(port, request=b"hello\n"):
-    """Connect, send ``request``, return everything up to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(request)
-        return read_to_eof(sock, timeout=None)
-
-
-def fd_count():
-    """How many fds this process has open (``/proc/self/fd``)."""
-    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own
 
 
 def settle_fds(baseline, what):
@@ -135,7 +128,7 @@ def test_a_send_with_no_worker_alive_waits_for_the_restart(pools, server):
     assert pool.workers == []
     server.on("connection", lambda conn: pool.send("socket", conn))
     assert pool.send("hello") is False  # queued
-    assert ask(server.address()["port"]) == REPLY
+    assert ask(server.address()["port"], HELLO, total=None) == REPLY
     pid, message = inbox.get(timeout=TIMEOUT)
     assert message == "hello" and pid != old.pid
     assert [worker.pid for worker in pool.workers] == [pid]
@@ -190,7 +183,7 @@ def client(port, stop, tally, lost):
     while not stop.is_set():
         tally["opened"] += 1
         try:
-            reply = ask(port)
+            reply = ask(port, HELLO, total=None)
         except OSError as exc:
             reply = exc
         if reply == REPLY:
@@ -239,10 +232,11 @@ def test_a_worker_that_only_closes_the_socket_ends_the_connection(pools, server)
     pool = pools("pool_reply.py", 1)
     server.on("connection", lambda conn: pool.send("close", conn))
     port = server.address()["port"]
-    assert ask(port) == REPLY  # the pool's own copy kept alive until the worker was done
+    # The pool's own copy is kept alive until the worker is done.
+    assert ask(port, HELLO, total=None) == REPLY
     baseline = fd_count()
     for _ in range(20):
-        assert ask(port) == REPLY
+        assert ask(port, HELLO, total=None) == REPLY
     settle_fds(baseline, "once the worker is done with each connection")
 
 
@@ -296,7 +290,7 @@ def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
         assert len(err.stderr.splitlines()) <= _pool.STDERR_LINES
         for sock in waiting:  # queued while no worker got going: ended, not left hanging
             assert read_to_eof(sock) == b""
-    assert ask(port) == b""  # a new connection fails at once
+    assert ask(port, HELLO, total=None) == b""  # a new connection fails at once
     failed = AsyncResult()
     assert pool.send("hi", callback=failed.set) is False
     assert failed.get(timeout=TIMEOUT) is err
@@ -313,7 +307,7 @@ def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
             else:
                 gevent.sleep(0.1)
     assert answer.get()[1][0] == "hi"
-    assert ask(port) == b"served\n"
+    assert ask(port, HELLO, total=None) == b"served\n"
     pool.close(timeout=TIMEOUT)
     settle_fds(baseline, "after the crash loop")
 
@@ -407,7 +401,7 @@ def test_a_nacked_socket_is_tried_on_another_worker(pools, server, tmp_path):
     server.on("connection", lambda conn: pool.send("socket", conn, callback=results.put))
     port = server.address()["port"]
     for _ in range(4):  # round robin: half of them go to the limited worker first
-        assert ask(port) == f"{healthy}\n".encode()
+        assert ask(port, HELLO, total=None) == f"{healthy}\n".encode()
     assert [results.get(timeout=TIMEOUT) for _ in range(4)] == [None] * 4
     assert len(pool.workers) == 2  # the limited worker lives on
     settle_fds(baseline, "after the NACKs")
@@ -428,7 +422,7 @@ def test_a_failed_send_without_callback_ends_its_socket_and_is_reported_once(
     baseline = fd_count()
     server.on("connection", lambda conn: pool.send("socket", conn))
     with caplog.at_level(logging.WARNING, logger="geventfork"):
-        assert ask(server.address()["port"]) == b""
+        assert ask(server.address()["port"], HELLO, total=None) == b""
         settle_fds(baseline, "after the failed send")
         gevent.sleep(0.2)  # a second report would come now
     ours = [r for r in caplog.records if r.name == "geventfork"]
@@ -469,12 +463,7 @@ def orphans():
     pids = []
     yield pids
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                ours = b"pool_worker.py" in f.read()  # not a pid reused since
-        except OSError:
-            continue
-        if ours:
+        if "pool_worker.py" in cmdline(pid):  # not a pid reused since
             kill_quietly(pid)
 
 

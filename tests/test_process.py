@@ -19,6 +19,7 @@ from helpers import (
     CHILDREN_DIR,
     TIMEOUT,
     MiB,
+    fd_table,
     inbox,
     gone,
     kill_quietly,
@@ -85,8 +86,11 @@ def test_after_the_top_level_a_message_with_no_listener_is_dropped(spawn_child):
         (["disconnect"], True),
         (["ref"], True),
         (["message", "unref"], False),
+        (["unref", "message"], False),  # an explicit unref() wins over a later listener
+        (["unref", "ref"], True),
     ],
-    ids=["nothing", "message-listener", "disconnect-listener", "channel.ref", "channel.unref"],
+    ids=["nothing", "message-listener", "disconnect-listener", "channel.ref", "channel.unref",
+         "unref-then-listener", "unref-then-ref"],
 )
 def test_what_keeps_a_connected_child_alive(spawn_child, actions, stays):
     child = spawn_child("keepalive.py", *actions)
@@ -149,15 +153,6 @@ def test_send_with_callback_as_the_top_level_returns(spawn_child):
     assert child.wait(timeout=TIMEOUT) == 0
 
 
-def _fds(pid):
-    """What each fd of ``pid`` points at."""
-    fds = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            fds.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            pass
-    return fds
 
 
 def test_a_grandchild_does_not_inherit_the_channel(spawn_child, tmp_path):
@@ -178,7 +173,7 @@ def test_a_grandchild_does_not_inherit_the_channel(spawn_child, tmp_path):
                 gevent.sleep(0.01)
         grandchild = int(pid_file.read_text())
         assert not gone(grandchild), "the grandchild should still be sleeping"
-        assert f"socket:[{report['inode']}]" not in _fds(grandchild)
+        assert f"socket:[{report['inode']}]" not in fd_table(grandchild).values()
         with open(f"/proc/{grandchild}/environ", "rb") as f:
             assert b"GEVENTFORK_" not in f.read()
     finally:

@@ -28,7 +28,7 @@ import textwrap
 import gevent
 import pytest
 
-from helpers import TIMEOUT, python_env, read_to_eof
+from helpers import TIMEOUT, ask, python_env, read_to_eof
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORMAL = b"Request handled with normal priority"
@@ -181,14 +181,6 @@ def test_quick_start_as_written_serves_a_normal_client(popen, quick_start):
 # -- examples/priority from its own folder: both clients -------------------
 
 
-def ask(port, source):
-    with socket.socket() as sock:
-        sock.settimeout(TIMEOUT)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        return read_to_eof(sock)
-
-
 def test_priority_example_from_its_own_folder(popen):
     # Its folder holds subprocess.py: the issue's `cd examples/priority &&
     # python -m geventfork parent.py 8123` failed inside patch_all().
@@ -203,8 +195,8 @@ def test_priority_example_from_its_own_folder(popen):
     match = re.search(r"listening on [\d.]+:(\d+)", line)
     assert match, (line, parent.stderr.read() if parent.poll() is not None else "")
     port = int(match.group(1))
-    assert ask(port, "127.0.0.1") == NORMAL
-    assert ask(port, "127.0.0.2") == SPECIAL
+    assert ask(port, source="127.0.0.1") == NORMAL
+    assert ask(port, source="127.0.0.2") == SPECIAL
     os.killpg(parent.pid, signal.SIGINT)
     out, err = parent.communicate(timeout=TIMEOUT)
     assert (parent.returncode, err) == (-signal.SIGINT, b"")

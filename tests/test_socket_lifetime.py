@@ -11,43 +11,37 @@ clean EOF (a reset fails the test) within a bound.
 import _socket
 import gc
 import logging
-import os
 import socket
-import struct
 from contextlib import contextmanager
 
 import gevent
 import pytest
+from gevent.event import AsyncResult
 from gevent.pywsgi import WSGIServer
 from gevent.queue import Queue
 
 from geventfork import net
-from geventfork.errors import InvalidHandleTypeError
-from helpers import TIMEOUT, read_to_eof, wait_until
+from geventfork._channel import Channel
+from geventfork._owner import ChannelOwner
+from geventfork._serialization import JSON
+from geventfork.errors import ChannelClosedError, InvalidHandleTypeError
+from helpers import (
+    TIMEOUT,
+    fd_count,
+    fd_table,
+    hub_errors,
+    inbox,
+    read_to_eof,
+    reset,
+    take_one,
+    wait_until,
+)
 
 CLIENTS = 100
 REQUEST = b"GET / HTTP/1.0\r\n\r\n"
 
 
 # -- helpers --------------------------------------------------------------------
-
-
-def fd_count(pid="self"):
-    """How many fds process ``pid`` has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@contextmanager
-def quiet_listener_errors():
-    """Record what the hub would print for a raising listener, instead of printing it."""
-    hub = gevent.get_hub()
-    reported = []
-    original = hub.handle_error
-    hub.handle_error = lambda context, type_, value, tb: reported.append(value)
-    try:
-        yield reported
-    finally:
-        hub.handle_error = original
 
 
 @contextmanager
@@ -108,6 +102,25 @@ def pair():
         sock.close()
 
 
+@pytest.fixture
+def channel():
+    """``channel() -> (sender, receiver)``: the two ``ChannelOwner`` ends of a real channel."""
+    made = []
+
+    def make():
+        ends = []
+        for sock in _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM):
+            owner = ChannelOwner()
+            owner.channel = Channel(sock, owner, JSON)
+            made.append(owner.channel)
+            ends.append(owner)
+        return tuple(ends)
+
+    yield make
+    for ch in made:
+        ch.close()
+
+
 class Counter:
     """An ``on_done`` that counts its calls."""
 
@@ -161,7 +174,7 @@ def test_connections_whose_handler_raises_are_ended_at_once_without_the_collecto
         raise RuntimeError("handler failed on purpose")
 
     before = fd_count()
-    with quiet_listener_errors() as reported, gc_disabled(), serving(handler) as server:
+    with hub_errors() as reported, gc_disabled(), serving(handler) as server:
         clients = [client_of(server) for _ in range(CLIENTS)]
         for client in clients:
             client.sendall(REQUEST)
@@ -182,7 +195,7 @@ def test_a_raising_handler_leaves_alone_a_socket_it_destroyed_or_ended():
         conn.end(b"bye")
         raise RuntimeError("after end()")
 
-    with quiet_listener_errors(), serving(handler) as server:
+    with hub_errors(), serving(handler) as server:
         client = client_of(server)
         assert read_to_eof(client) == b"bye"  # ended once, its data intact
         client.close()
@@ -199,7 +212,7 @@ def test_a_raising_handler_leaves_alone_a_socket_it_sent(spawn_child):
         child.send("watch", conn)
         raise RuntimeError("after send()")
 
-    with quiet_listener_errors(), serving(handler, pause_on_connect=True) as server:
+    with hub_errors(), serving(handler, pause_on_connect=True) as server:
         client = client_of(server)
         client.sendall(b"abc")
         assert replies.get(timeout=TIMEOUT) == {"read": 3}  # the child has it, open
@@ -351,27 +364,36 @@ def test_on_done_when_its_gevent_socket_is_collected_unclosed(pair):
     all_get_eof([client])
 
 
-def test_on_done_when_sent_on_and_acknowledged(pair):
+def test_on_done_when_sent_on_and_acknowledged(pair, channel):
     raw, client = pair()
-    done = Counter()
+    sender, receiver = channel()
+    received = inbox(receiver, handles=True)
+    done, acked = Counter(), AsyncResult()
     conn = net.Socket(raw, on_done=done)
-    conn._handoff()
-    assert done.calls == 0
-    conn._release(False)
+    sender.send("yours", conn, callback=acked.set)
+    assert done.calls == 0  # in flight until the receiver acknowledges
+    assert acked.get(timeout=TIMEOUT) is None
     assert done.calls == 1
     assert conn.destroyed
+    _, theirs = take_one(received, "the socket")
+    theirs.destroy()  # the last copy
     assert read_to_eof(client) == b""
 
 
-def test_no_on_done_while_a_sent_copy_is_kept_open(pair):
+def test_no_on_done_while_a_sent_copy_is_kept_open(pair, channel):
     raw, client = pair()
-    done = Counter()
+    sender, receiver = channel()
+    received = inbox(receiver, handles=True)
+    done, acked = Counter(), AsyncResult()
     conn = net.Socket(raw, on_done=done)
-    conn._handoff()
-    conn._release(True)
+    sender.send("shared", conn, {"keep_open": True}, acked.set)
+    assert acked.get(timeout=TIMEOUT) is None
     assert done.calls == 0 and not conn.destroyed
+    _, theirs = take_one(received, "the socket")
+    theirs.destroy()
     conn.destroy()
     assert done.calls == 1
+    assert read_to_eof(client) == b""
 
 
 def test_a_raising_on_done_is_logged_not_raised(pair, caplog):
@@ -397,60 +419,71 @@ def test_on_done_must_be_callable(pair):
 # -- in flight ----------------------------------------------------------------------
 
 
-def test_a_socket_in_flight_cannot_be_handed_off_again(pair):
+def test_a_socket_in_flight_cannot_be_handed_off_again(pair, channel):
     raw, client = pair()
-    conn = net.Socket(raw)
-    fd = conn._handoff()
+    sender, receiver = channel()
+    received = inbox(receiver, handles=True)
+    conn, acked = net.Socket(raw), AsyncResult()
+    sender.send("first", conn, callback=acked.set)
     with pytest.raises(ValueError, match="already being sent"):
-        conn._handoff()
-    conn._returned()  # the hand-off failed: ours again
-    assert conn._handoff() == fd
-    conn._release(False)
+        sender.send("again", conn)
+    assert acked.get(timeout=TIMEOUT) is None  # the first send went through
+    message, theirs = take_one(received, "the socket")
+    assert message == "first"
+    theirs.destroy()
     with pytest.raises(InvalidHandleTypeError):
-        conn._handoff()
+        sender.send("after", conn)  # our copy is gone
+    assert received.empty()
 
 
-def test_returned_keeps_the_socket_paused_and_unread(pair):
+def test_a_failed_hand_off_leaves_the_socket_paused_unread_and_sendable(pair, channel):
     raw, client = pair()
-    conn = net.Socket(raw, paused=True)
+    sender, receiver = channel()
+    receiver.disconnect()  # it can no longer acknowledge, so the hand-off fails
+    conn, failed = net.Socket(raw, paused=True), AsyncResult()
     client.sendall(b"unread")
-    conn._handoff()
-    conn._returned()
-    assert conn.is_paused and conn.bytes_read == 0
-    assert conn._reader is None
-    assert conn.socket.recv(100) == b"unread"  # still in the kernel
-    conn.destroy()
+    sender.send("h", conn, callback=failed.set)
+    assert isinstance(failed.get(timeout=TIMEOUT), ChannelClosedError)
+    assert conn.is_paused and conn.bytes_read == 0 and not conn.destroyed
+    # Ours again: it can be sent elsewhere, every byte still in the kernel.
+    sender, receiver = channel()
+    received = inbox(receiver, handles=True)
+    acked = AsyncResult()
+    sender.send("again", conn, callback=acked.set)
+    assert acked.get(timeout=TIMEOUT) is None
+    message, theirs = take_one(received, "the socket")
+    assert message == "again"
+    assert theirs.socket.recv(100) == b"unread"
+    theirs.destroy()
 
 
-def test_destroy_while_in_flight_closes_once_the_hand_off_is_settled(pair):
+def test_destroy_while_in_flight_closes_once_the_hand_off_is_settled(pair, channel):
     raw, client = pair()
-    done = Counter()
+    sender, receiver = channel()
+    receiver.disconnect()  # the hand-off will fail, and give the socket back
+    done, failed = Counter(), AsyncResult()
     conn = net.Socket(raw, on_done=done)
-    fd = conn._handoff()
+    fd = conn.socket.fileno()
+    ours = fd_table()[fd]
+    sender.send("h", conn, callback=failed.set)
     conn.destroy()
     assert conn.destroyed and done.calls == 0
-    os.fstat(fd)  # the channel may still need it: still open
-    conn._returned()
+    assert fd_table().get(fd) == ours  # the channel may still need it: still open
+    assert isinstance(failed.get(timeout=TIMEOUT), ChannelClosedError)
     assert done.calls == 1
-    with pytest.raises(OSError):
-        os.fstat(fd)
+    assert fd_table().get(fd) != ours  # closed once given back
 
 
-def test_a_socket_whose_gevent_socket_was_closed_cannot_be_sent(pair):
+def test_a_socket_whose_gevent_socket_was_closed_cannot_be_sent(pair, channel):
     raw, client = pair()
     conn = net.Socket(raw)
     conn.socket.close()
+    sender, _ = channel()
     with pytest.raises(InvalidHandleTypeError, match="closed"):
-        conn._handoff()
+        sender.send("h", conn)
 
 
 # -- the peer in the reset warning ------------------------------------------------------
-
-
-def reset(sock):
-    """Close ``sock`` so that the peer gets a reset (RST), not a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def test_the_reset_warning_names_the_peer_from_accept(caplog):

@@ -69,7 +69,7 @@ def is_open(fd: int) -> bool:
     return True
 
 
-def recorder(real: bool = False):
+def close_recorder(real: bool = False):
     """Return ``(closed, close_fd)``: close_fd appends to closed (and closes if real)."""
     closed: list = []
 
@@ -151,7 +151,7 @@ def check_stream(frames, mode: str) -> None:
     if mode == "trailing":
         last, last_fds = reads.pop() if reads else (b"", ())
         reads.append((last + trailing, last_fds))
-    closed, close_fd = recorder()
+    closed, close_fd = close_recorder()
     decoder = Decoder(close_fd=close_fd)
     assert feed(decoder, reads) == list(frames)
     decoder.receive_eof()
@@ -340,7 +340,7 @@ def test_unclaimed_fds_at_eof_raise(fds):
 
 
 def test_error_closes_exactly_the_unclaimed_fds():
-    closed, close_fd = recorder()
+    closed, close_fd = close_recorder()
     decoder = Decoder(close_fd=close_fd)
     decoder.receive_data(header(1, nfds=1, ident=1) + b"a", [100])
     assert decoder.next_event().fds == (100,)
@@ -416,7 +416,7 @@ def test_bad_header_raises_once_header_arrives(bad):
 def test_error_carries_offending_bytes_and_sticks(bad, fds):
     good = encode(Frame(MESSAGE, b"ok"))[0]
     tail = bad + bytes(range(100))
-    closed, close_fd = recorder(real=True)
+    closed, close_fd = close_recorder(real=True)
     decoder = Decoder(close_fd=close_fd)
     decoder.receive_data(good + tail, fds(1))
     assert decoder.next_event() == Frame(MESSAGE, b"ok")
@@ -553,7 +553,7 @@ def test_property_round_trip_any_chunking(frames, data):
     frames = number_fds(frames)
     stream, owners = serialize(frames)
     cuts = data.draw(st.sets(st.integers(0, len(stream))))
-    closed, close_fd = recorder()
+    closed, close_fd = close_recorder()
     decoder = Decoder(close_fd=close_fd)
     assert feed(decoder, split(stream, owners, cuts)) == frames
     decoder.receive_eof()
@@ -585,7 +585,7 @@ def test_property_random_bytes_yield_frames_or_protocol_error(prefix, reads):
     for i, (chunk, count, truncated) in enumerate(reads):
         feeds.append((chunk, list(range(20_000 + 10 * i, 20_000 + 10 * i + count)), truncated))
     given_fds = [fd for _, read_fds, _ in feeds for fd in read_fds]
-    closed, close_fd = recorder()
+    closed, close_fd = close_recorder()
     decoder = Decoder(max_size=1000, close_fd=close_fd)
     frames, last = [], None
     for chunk, read_fds, truncated in [*feeds, (None, (), False)]:
@@ -751,7 +751,7 @@ def test_property_real_fds_are_claimed_or_closed(bad, prefix, rest, eof, data):
     stream, owners, expected = materialize(pieces)
     given_fds = [fd for _, _, fds in owners for fd in fds]
     identity = {fd: pipe_identity(fd) for fd in given_fds}
-    closed, close_fd = recorder(real=True)
+    closed, close_fd = close_recorder(real=True)
     try:
         reads = draw_reads(data, stream, owners, sum(len(piece.data) for piece in prefix))
         decoder = Decoder(max_size=FUZZ_LIMIT, close_fd=close_fd)
