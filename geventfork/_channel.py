@@ -232,6 +232,7 @@ class Channel:
         self._handles_awaiting = 0  # of _awaiting, those carrying a handle
         # ident -> on_done, once the receiver has the handle
         self._tracked: Dict[int, Callable[[], object]] = {}
+        self._slice_end = 0.0  # when the reader next lets the loop run (_handle_frames)
         self._holding: Set[int] = set()  # idents of received handles whose sender awaits DONE
         self._next_ident = 0
         self.state = State.OPEN
@@ -493,64 +494,71 @@ class Channel:
     # -- reading --------------------------------------------------------
 
     def _read_loop(self) -> None:
-        sock, decoder, hub, watcher = self._sock, self._decoder, get_hub(), self._read_watcher
-        # recvmsg() would allocate READ_SIZE bytes per call, which costs more
-        # than the read itself for a small message: read into one buffer.
-        buffer = bytearray(READ_SIZE)
-        view = memoryview(buffer)
-        slice_end = time.monotonic() + READ_SLICE
+        """The reader greenlet: read until the channel closes; a failure closes it."""
         try:
-            while self.state is not State.CLOSED:
-                try:
-                    size, anc, flags, _ = sock.recvmsg_into(
-                        (buffer,), _ANC_SIZE, _platform.RECV_FLAGS
-                    )
-                    data = view[:size]
-                except BlockingIOError:
-                    hub.wait(watcher)
-                    slice_end = time.monotonic() + READ_SLICE
-                    continue
-                except (ConnectionResetError, OSError) as exc:
-                    # (The calls above may close the channel, which the checker
-                    # cannot see: hence the ignores here and below.)
-                    if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
-                        return
-                    raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
-                fds = _platform.fds_from_ancillary(anc) if anc else ()
-                if data or fds:
-                    decoder.receive_data(data, fds, bool(flags & _CTRUNC))
-                else:
-                    decoder.receive_eof()
-                while True:
-                    event = self._dispatch()
-                    if event is _wire.CLOSED:
-                        self._peer_closed()
-                        return
-                    if event is _wire.NEED_DATA and time.monotonic() < slice_end:
-                        break
-                    gevent.idle()  # a bounded batch, or slice, is done: let others run
-                    slice_end = time.monotonic() + READ_SLICE
-                    if event is _wire.NEED_DATA or (
-                        self.state is State.CLOSED  # type: ignore[comparison-overlap]
-                    ):
-                        break
-                if (
-                    size < READ_SIZE
-                    and not anc
-                    and self.state is not State.CLOSED  # type: ignore[comparison-overlap]
-                ):
-                    # A short read without fds emptied the socket: wait for
-                    # more rather than pay for a read that would say EAGAIN.
-                    hub.wait(watcher)
-                    slice_end = time.monotonic() + READ_SLICE
+            self._read_until_closed()
         except ProtocolError as err:
             self._report(err)
             self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
         except ChannelClosedError as err:
             self._shut_down(err)
         except Exception as exc:  # our bug: say so, and fail every send cleanly
-            hub.handle_error(self, *sys.exc_info())
+            get_hub().handle_error(self, *sys.exc_info())
             self._shut_down(ChannelClosedError(f"the IPC channel failed: {exc!r}"))
+
+    def _read_until_closed(self) -> None:
+        sock, decoder = self._sock, self._decoder
+        # recvmsg() would allocate READ_SIZE bytes per call, which costs more
+        # than the read itself for a small message: read into one buffer.
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        self._slice_end = time.monotonic() + READ_SLICE
+        while self.state is not State.CLOSED:
+            try:
+                size, anc, flags, _ = sock.recvmsg_into((buffer,), _ANC_SIZE, _platform.RECV_FLAGS)
+            except BlockingIOError:
+                self._wait_readable()
+                continue
+            except OSError as exc:
+                # (Handling frames may close the channel, which the checker
+                # cannot see: hence the ignores here and below.)
+                if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
+                    return
+                raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
+            fds = _platform.fds_from_ancillary(anc) if anc else ()
+            if size or fds:
+                decoder.receive_data(view[:size], fds, bool(flags & _CTRUNC))
+            else:
+                decoder.receive_eof()
+            if not self._handle_frames():
+                return
+            if size < READ_SIZE and not anc and self.state is not State.CLOSED:
+                # A short read without fds emptied the socket: wait for more
+                # rather than pay for a read that would say EAGAIN.
+                self._wait_readable()
+
+    def _handle_frames(self) -> bool:
+        """Handle the whole frames buffered, a batch at a time; False once closed.
+
+        After each batch of ``READ_BATCH`` frames, or ``READ_SLICE`` seconds,
+        the loop runs everything else that is ready (``gevent.idle``), so a
+        peer flooding the channel cannot starve this process's greenlets.
+        """
+        while True:
+            event = self._dispatch()
+            if event is _wire.CLOSED:
+                self._peer_closed()
+                return False
+            if event is _wire.NEED_DATA and time.monotonic() < self._slice_end:
+                return True
+            gevent.idle()
+            self._slice_end = time.monotonic() + READ_SLICE
+            if event is _wire.NEED_DATA or self.state is State.CLOSED:
+                return True  # back to reading, which stops once the channel is closed
+
+    def _wait_readable(self) -> None:
+        get_hub().wait(self._read_watcher)
+        self._slice_end = time.monotonic() + READ_SLICE
 
     def _dispatch(self) -> Optional[_wire.NoFrame]:
         """Handle up to ``READ_BATCH`` whole frames.
