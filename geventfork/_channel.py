@@ -85,7 +85,7 @@ _MESSAGE = _wire.MESSAGE
 _BROKEN = frozenset((errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN))
 Callback = Callable[[Optional[BaseException]], object]
 #: A send callback to run, with its argument: ``(callback, err)``; a None
-#: callback leaves ``err`` to the owner's ``_channel_error``.
+#: callback leaves ``err`` to the owner's ``on_channel_error``.
 _Call = Tuple[Optional[Callback], Optional[BaseException]]
 #: Bytes queued or being written: a frame, or what a short write left of it.
 _Data = Union[bytes, memoryview]
@@ -110,15 +110,19 @@ def _without_err(fn: Callable[[], object]) -> Callback:
 
 
 class Owner(Protocol):
-    """What a ``Channel`` reports to: a ``ChildProcess``, or ``process``."""
+    """What a ``Channel`` reports to: a ``ChildProcess``, or ``process``.
 
-    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+    Public hook methods (gevent's ``do_read``/``do_close`` style), so that
+    the channel calls nothing private of its owner's.
+    """
+
+    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
         """A message (and its handle, or None) arrived."""
 
-    def _channel_error(self, err: BaseException) -> None:
+    def on_channel_error(self, err: BaseException) -> None:
         """A failure with no send callback to take it (a bad frame, a lost handle)."""
 
-    def _channel_closed(self) -> None:
+    def on_channel_closed(self) -> None:
         """The channel left the living (``'disconnect'``), once."""
 
 
@@ -190,8 +194,8 @@ class Channel:
     Args:
         sock: a connected ``AF_UNIX`` stream socket; the channel owns it.
         owner: the ``ChildProcess`` or ``process`` it reports to, through
-            ``_channel_message(message, handle)``, ``_channel_error(err)`` and
-            ``_channel_closed()``.
+            ``on_channel_message(message, handle)``, ``on_channel_error(err)`` and
+            ``on_channel_closed()``.
         codec: how this end encodes messages (it decodes whatever codec each
             frame names).
         max_size: the largest message payload sent or accepted.
@@ -608,13 +612,13 @@ class Channel:
             except ProtocolError as err:
                 self._report(err)
                 return
-            self._owner._channel_message(message, None)
+            self._owner.on_channel_message(message, None)
             return
         message, handle, answer = self._take(frame)
         if frame.ident and answer:
             self._enqueue(_wire.encode_ack(frame.ident, answer), (), None)
         if answer == _wire.ACK:
-            self._owner._channel_message(message, handle)
+            self._owner.on_channel_message(message, handle)
 
     def _take(self, frame: _wire.Frame) -> Tuple[Any, Optional[_handles.Handle], int]:
         """Decode a frame's message and rebuild its handle.
@@ -774,11 +778,11 @@ class Channel:
         before, self.state = self.state, state
         self._apply_ref()
         if before not in _GONE and state in _GONE:
-            submit(self._owner._channel_closed)
+            submit(self._owner.on_channel_closed)
 
     def _report(self, err: BaseException) -> None:
         """Emit ``'error'`` on the owner, outside the reader greenlet."""
-        submit(self._owner._channel_error, err)
+        submit(self._owner.on_channel_error, err)
 
     def _finish(self, calls: List[_Call]) -> None:
         """Run send callbacks, ``(callback, err)``, in a greenlet of their own."""
@@ -791,14 +795,15 @@ class Channel:
                 if callback is not None:
                     callback(err)
                 elif err is not None:
-                    self._owner._channel_error(err)
+                    self._owner.on_channel_error(err)
             except Exception:
                 get_hub().handle_error(callback or self, *sys.exc_info())
 
     # -- keeping the process alive --------------------------------------
 
-    def _ref_counted(self, listening: bool) -> None:
-        """The owner gained its first (or lost its last) keep-alive listener."""
+    def on_owner_listening(self, listening: bool) -> None:
+        """Hook: the owner (``process``) calls this when it gained its first, or
+        lost its last, keep-alive listener (``'message'``, ``'disconnect'``)."""
         self._refs = 1 if listening else 0
         self._apply_ref()
 

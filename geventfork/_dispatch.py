@@ -15,7 +15,7 @@ go of a job's function and arguments as soon as the job returns, so an object
 only the job held (a ``net.Socket`` a handler ignored) is freed at once.
 
 A job submitted for an ``EventEmitter`` (``submit_listener``) that raises is
-reported to the emitter's ``_listener_failed`` hook, so the emitter can end
+reported to the emitter's ``on_listener_failed`` hook, so the emitter can end
 what the listener left behind; the hub then reports the error (with its
 traceback) unless the hook did.
 """
@@ -40,7 +40,7 @@ MAX_IDLE = 32
 class FailureHook(Protocol):
     """What ``submit_listener`` reports a raising listener to (an ``EventEmitter``)."""
 
-    def _listener_failed(
+    def on_listener_failed(
         self, event: str, listener: Callable[..., object], args: Tuple[Any, ...], exc: BaseException
     ) -> bool: ...
 
@@ -72,7 +72,7 @@ class Dispatcher:
         Args:
             fn: the job.
             args: its arguments.
-            emitter: if not None, told through ``emitter._listener_failed(event,
+            emitter: if not None, told through ``emitter.on_listener_failed(event,
                 fn, args, exc)`` when ``fn`` raises.
             event: the event ``fn`` listens to, for ``emitter``.
         """
@@ -170,12 +170,12 @@ def _tell_emitter(
     args: Tuple[Any, ...],
     exc: BaseException,
 ) -> bool:
-    """Call ``emitter._listener_failed``; return whether it reported ``exc`` itself.
+    """Call ``emitter.on_listener_failed``; return whether it reported ``exc`` itself.
 
     An error in the hook is reported, not raised.
     """
     try:
-        return bool(emitter._listener_failed(event, fn, args, exc))
+        return bool(emitter.on_listener_failed(event, fn, args, exc))
     except Exception:
         hub.handle_error(emitter, *sys.exc_info())
         return False
@@ -204,7 +204,7 @@ def submit_listener(
 ) -> None:
     """Run each of ``listeners`` with ``args``, as ``submit`` does.
 
-    A listener that raises is reported to ``emitter._listener_failed(event,
+    A listener that raises is reported to ``emitter.on_listener_failed(event,
     listener, args, exc)``, then to the hub unless the hook reported it.
     """
     dispatcher = _dispatcher()

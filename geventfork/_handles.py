@@ -7,7 +7,7 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 from __future__ import annotations
 
 import _socket
-from typing import Any, Callable, Dict, NamedTuple, Optional, Union
+from typing import Callable, Dict, NamedTuple, Optional, Union
 
 from gevent import socket as gsocket
 
@@ -88,13 +88,15 @@ def to_wire(handle: object, track: bool = False) -> Outgoing:
         ValueError: ``handle`` is already on its way to a peer.
     """
     if isinstance(handle, Socket):
-        fd = handle._handoff()
-        flags = (PAUSED if handle._paused else 0) | _tcp_flag(handle._sock)
+        fd, family, kind = handle.handoff_start()
+        flags = (PAUSED if handle.is_paused else 0) | _tcp_flag(family, kind)
         if track:
             flags |= TRACKED
-        return Outgoing(SOCKET, flags, fd, handle._release, handle._returned, handle.end)
+        return Outgoing(
+            SOCKET, flags, fd, handle.on_handoff_released, handle.on_handoff_returned, handle.end
+        )
     if isinstance(handle, Server):
-        fd = handle._listening_fd()
+        fd = handle.handoff_start()
         flags = (PAUSE_ON_CONNECT if handle.pause_on_connect else 0) | (
             ALLOW_HALF_OPEN if handle.allow_half_open else 0
         )
@@ -147,7 +149,7 @@ def from_wire(
     if code == SOCKET:
         return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED), on_done=on_done)
     if code == SERVER:
-        return Server._from_listener(
+        return Server.from_handoff(
             gsocket.socket(fileno=fd),
             pause_on_connect=bool(flags & PAUSE_ON_CONNECT),
             allow_half_open=bool(flags & ALLOW_HALF_OPEN),
@@ -157,10 +159,11 @@ def from_wire(
     raise ValueError(f"unknown handle type {code}")
 
 
-def _tcp_flag(sock: Any) -> int:  # any socket, or an Accepted
-    if sock.type != _socket.SOCK_STREAM:
+def _tcp_flag(family: int, kind: int) -> int:
+    """``TCP4``, ``TCP6`` or 0 for a socket of ``family`` and type ``kind``."""
+    if kind != _socket.SOCK_STREAM:
         return 0
-    return TCP4 if sock.family == _socket.AF_INET else TCP6 if sock.family == _socket.AF_INET6 else 0
+    return TCP4 if family == _socket.AF_INET else TCP6 if family == _socket.AF_INET6 else 0
 
 
 def _stream_socket(flags: int, fd: int) -> _socket.socket:

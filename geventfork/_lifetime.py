@@ -14,17 +14,15 @@ from __future__ import annotations
 import _socket
 import logging
 import socket as _stdlib_socket
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 
 import gevent
 from gevent import socket as gsocket
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._server import Server
-
 __all__ = [
-    "Accepted", "ConnectionSocket", "Lifetime", "END_LINGER", "READ_SIZE", "DONTWAIT",
-    "close_later", "drained", "gevent_socket", "report_done",
+    "Accepted", "ConnectionSocket", "Lifetime", "ServerHooks", "END_LINGER", "READ_SIZE",
+    "DONTWAIT", "FAMILIES", "HostPort", "close_later", "drained", "gevent_socket",
+    "host_port", "report_done",
 ]
 
 log = logging.getLogger("geventfork.net")
@@ -37,6 +35,32 @@ END_LINGER = 2.0
 READ_SIZE = 64 * 1024
 
 DONTWAIT = int(_stdlib_socket.MSG_DONTWAIT)
+
+#: Node's names of the address families a ``net`` socket or server reports.
+FAMILIES: Dict[int, str] = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
+
+#: ``(host, port)``; ``(None, None)`` where the kernel does not say.
+HostPort = Tuple[Optional[str], Optional[int]]
+
+
+def host_port(address: Any) -> HostPort:
+    """``(host, port)`` of an address as ``getsockname``/``getpeername`` give it."""
+    if isinstance(address, tuple):
+        return address[0], address[1]
+    return address or None, None
+
+
+class ServerHooks(Protocol):
+    """What a connection tells the server that accepted it (a ``net.Server``).
+
+    A protocol rather than the class, so that neither module imports the other.
+    """
+
+    def on_connection_closed(self) -> None:
+        """This process is done with a connection the server accepted (once per connection)."""
+
+    def on_connection_handed_off(self) -> None:
+        """A connection the server accepted is being sent to another process."""
 
 
 class Lifetime:
@@ -52,7 +76,7 @@ class Lifetime:
     __slots__ = ("server", "on_done", "shared")
 
     def __init__(
-        self, server: Optional[Server], on_done: Optional[Callable[[], object]], shared: bool
+        self, server: Optional[ServerHooks], on_done: Optional[Callable[[], object]], shared: bool
     ) -> None:
         self.server = server
         self.on_done = on_done
@@ -67,11 +91,11 @@ class Lifetime:
         report_done(server, on_done)
 
 
-def report_done(server: Optional[Server], on_done: Optional[Callable[[], object]]) -> None:
+def report_done(server: Optional[ServerHooks], on_done: Optional[Callable[[], object]]) -> None:
     """Count a connection out of ``server`` and call ``on_done`` (either may be None)."""
     if server is not None:
         try:
-            server._connection_closed()
+            server.on_connection_closed()
         except Exception:
             log.exception("counting a connection out of its server failed")
     if on_done is not None:
@@ -88,7 +112,8 @@ def report_done(server: Optional[Server], on_done: Optional[Callable[[], object]
 if TYPE_CHECKING:  # pragma: no cover
     _PlainSocket = _socket.socket
 else:
-    _PlainSocket = gsocket.socket._gevent_sock_class
+    # gevent's own class attribute (not ours): the documented way to subclass it.
+    _PlainSocket = gsocket.socket._gevent_sock_class  # noqa: SLF001
 
 
 class _Fd(_PlainSocket):
@@ -99,8 +124,9 @@ class _Fd(_PlainSocket):
     ``gevent.pywsgi`` does, and then never closes the gevent socket itself.
     """
 
-    __slots__ = ("_lifetime",)
-    _lifetime: Optional[Lifetime]
+    __slots__ = ("lifetime",)
+    #: Run when this fd is closed or detached, then cleared; set by ``gevent_socket``.
+    lifetime: Optional[Lifetime]
 
     def close(self) -> None:
         super().close()
@@ -117,9 +143,9 @@ def _finish(raw: object) -> None:
     closed-socket proxy raises on any attribute)."""
     if not isinstance(raw, _Fd):
         return
-    lifetime = getattr(raw, "_lifetime", None)
+    lifetime = getattr(raw, "lifetime", None)
     if lifetime is not None:
-        raw._lifetime = None
+        raw.lifetime = None
         lifetime()
 
 
@@ -149,17 +175,18 @@ class ConnectionSocket(gsocket.socket):
         # not ours (a dup()): the usual finalizer will do.
         if not isinstance(raw, _Fd) or getattr(self, "_closed", True):
             return
-        lifetime = getattr(raw, "_lifetime", None)
+        lifetime = getattr(raw, "lifetime", None)
         if lifetime is None or raw.fileno() < 0:
             return
-        raw._lifetime = None
+        raw.lifetime = None
         close_later(raw, not lifetime.shared, lifetime)
 
 
 def gevent_socket(raw: _socket.socket, lifetime: Lifetime) -> ConnectionSocket:
     """A gevent socket that takes over ``raw``'s fd and runs ``lifetime`` when done."""
     sock = ConnectionSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-    sock._sock._lifetime = lifetime  # type: ignore[attr-defined]  # an _Fd: see _real_close
+    # ``_sock`` is gevent's (the plain socket under its own), not ours; here an _Fd.
+    sock._sock.lifetime = lifetime  # type: ignore[attr-defined]  # noqa: SLF001
     return sock
 
 

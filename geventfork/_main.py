@@ -228,7 +228,7 @@ def run_script(
 
     from ._process import process
 
-    process._connect(script, list(args))
+    process.connect_channel(script, list(args))
     is_file = _is_file(script)
     folder = os.path.dirname(os.path.abspath(script)) if is_file else user_folder
     if folder is not None:  # as ``python script.py`` and ``python -m module`` do
@@ -343,7 +343,7 @@ def run() -> None:
 
     from ._process import process
 
-    process._top_level_done()
+    process.on_top_level_done()
     hub = get_hub()
     # One turn of the loop first: gevent (>= 25.8.1) defers an os.close() of a
     # pipe or socket to a check watcher of the loop, which keeps join() from

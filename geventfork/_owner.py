@@ -115,12 +115,14 @@ class ChannelOwner(EventEmitter):
             return "the IPC channel is closed"
         return None
 
-    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+        """Hook: the channel calls this when a message (and its handle, or None) arrived."""
         if not self.emit("message", message, handle) and handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 
-    def _channel_error(self, err: BaseException) -> None:
-        """Report a failure of the channel's: ``'error'`` if anyone listens, else a log line.
+    def on_channel_error(self, err: BaseException) -> None:
+        """Hook: the channel calls this with a failure no send callback takes:
+        ``'error'`` if anyone listens, else a log line.
 
         Unlike Node, which throws an ``'error'`` nobody listens for: the
         failure is the peer's or the channel's, not a bug of the caller's,
@@ -132,5 +134,6 @@ class ChannelOwner(EventEmitter):
         else:
             log.warning("%r: %s (%s; no 'error' listener)", self, err, type(err).__name__)
 
-    def _channel_closed(self) -> None:
+    def on_channel_closed(self) -> None:
+        """Hook: the channel calls this once, when it closes: ``'disconnect'``."""
         self.emit("disconnect")

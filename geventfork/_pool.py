@@ -38,7 +38,7 @@ from typing import (
 import gevent
 from gevent.event import Event
 
-from . import _handles, _platform
+from . import _handles
 from ._channel import Callback, Channel
 from ._owner import check_send_arguments
 from ._server import Server
@@ -49,6 +49,8 @@ from .events import EventEmitter
 
 if TYPE_CHECKING:  # pragma: no cover
     from gevent._types import _TimerWatcher
+
+    from ._process import Process
 
 __all__ = ["Pool"]
 
@@ -105,7 +107,7 @@ class _Job:
         self.handle = handle
         self.options = options
         self.callback = callback
-        #: ``_platform.tcp_progress()`` when first sent, for a connection the
+        #: ``Socket.tcp_progress()`` when first sent, for a connection the
         #: pool keeps a copy of ("tracked"); None otherwise.
         self.baseline: Optional[Tuple[bool, int, int]] = None
         self.worker: Optional[_Worker] = None  # the worker it is with now
@@ -122,7 +124,7 @@ class _Job:
 
     def untouched(self) -> bool:
         """Whether no worker has read, written or shut the connection down."""
-        return _platform.tcp_progress(self.connection._raw_socket) == self.baseline
+        return self.connection.tcp_progress() == self.baseline
 
 
 class _Worker:
@@ -165,7 +167,7 @@ def _tracked_baseline(
     """
     if not isinstance(handle, Socket) or (options and options.get("keep_open")):
         return None
-    progress = _platform.tcp_progress(handle._raw_socket)
+    progress = handle.tcp_progress()
     if progress is None or progress[0]:
         return None
     return progress
@@ -548,7 +550,7 @@ class Pool(EventEmitter):
         kernel's byte counts any more.
         """
         if job.baseline is not None:
-            job.connection._returned()  # no longer shared with the dead worker
+            job.connection.on_handoff_returned()  # no longer shared with the dead worker
         if job.baseline is None or job.untouched():
             self._retry(job, ChannelClosedError("the worker died before it began on it"))
         else:
@@ -636,24 +638,20 @@ def _worker_main(argv: List[str]) -> None:
     sys.exit(run_script(script, args))
 
 
-def _tell_the_pool(process: Any) -> None:
+def _tell_the_pool(process: Process) -> None:
     """Send ``READY`` once the script's top level returned, ``RETIRING`` before
     the script disconnects on purpose (``process.disconnect()``)."""
-    top_level_done = process._top_level_done
-    disconnect = process.disconnect
 
     def ready() -> None:
-        top_level_done()
         if process.connected:
             process.send(READY)
 
     def retire() -> None:
         if process.connected:
             process.send(RETIRING)
-        disconnect()
 
-    process._top_level_done = ready
-    process.disconnect = retire
+    process.top_level_done_callbacks.append(ready)
+    process.disconnect_callbacks.append(retire)
 
 
 def _exit_after(grace: float) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import _handles
 from ._channel import Channel
@@ -30,6 +30,12 @@ class Process(ChannelOwner):
         self.pid = os.getpid()
         # (message, handle) pairs; None once the top level returned
         self._held: Optional[List[Tuple[Any, Optional[_handles.Handle]]]] = []
+        #: Called in order, with no arguments, by ``on_top_level_done()``,
+        #: once held messages were let go (a pool's worker says it is ready).
+        self.top_level_done_callbacks: List[Callable[[], object]] = []
+        #: Called in order, with no arguments, first thing in ``disconnect()``
+        #: (a pool's worker tells the pool it disconnects on purpose).
+        self.disconnect_callbacks: List[Callable[[], object]] = []
 
     def _closed_reason(self) -> Optional[str]:
         if self.channel is None:
@@ -38,8 +44,9 @@ class Process(ChannelOwner):
             return "the IPC channel to the parent is closed"
         return super()._closed_reason()
 
-    def _connect(self, script: str, args: List[str]) -> None:
-        """Take the channel the parent passed, if any (the runner calls this).
+    def connect_channel(self, script: str, args: List[str]) -> None:
+        """Hook: the runner calls this before it runs ``script``; take the
+        channel the parent passed, if any.
 
         The variables that name it leave the environment and the fd is made
         close-on-exec, so that nothing this process starts (``os.system``,
@@ -67,23 +74,39 @@ class Process(ChannelOwner):
         self.channel = Channel(sock, self, codec, ref=False, **options)
         self._listeners_changed("message")
 
-    def _top_level_done(self) -> None:
-        """The script's top level returned: stop holding messages."""
+    def on_top_level_done(self) -> None:
+        """Hook: ``run()`` calls this once the script's top level returned.
+
+        Messages no listener took are dropped (their handles closed), and
+        from now on nothing is held; then ``top_level_done_callbacks`` run.
+        """
         held, self._held = self._held, None
         for _message, handle in held or ():
             if handle is not None:
                 _handles.close(handle)
+        for callback in tuple(self.top_level_done_callbacks):
+            callback()
 
-    def _channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+    def disconnect(self) -> None:
+        """Flush queued messages, then close the channel; both ends get ``'disconnect'``.
+
+        ``disconnect_callbacks`` run first, whether or not a channel is open.
+        """
+        for callback in tuple(self.disconnect_callbacks):
+            callback()
+        super().disconnect()
+
+    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+        """Hook (see ``ChannelOwner``): held until the top level returned if nobody listens yet."""
         if self._held is not None and not self._listeners.get("message"):
             self._held.append((message, handle))  # Node holds these too
         else:
-            super()._channel_message(message, handle)
+            super().on_channel_message(message, handle)
 
     def _listeners_changed(self, event: str) -> None:
         if event not in ("message", "disconnect") or self.channel is None:
             return
-        self.channel._ref_counted(
+        self.channel.on_owner_listening(
             self.listener_count("message") + self.listener_count("disconnect") > 0
         )
         if event == "message" and self._held and self.listener_count("message"):

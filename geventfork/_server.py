@@ -8,7 +8,8 @@ import gevent
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
-from ._stream import _FAMILIES, Accepted, Socket, _address
+from ._lifetime import FAMILIES, Accepted, host_port
+from ._stream import Socket
 from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
@@ -48,8 +49,9 @@ class _Acceptor(StreamServer):
     def do_read(self) -> Optional[Tuple[Accepted, Any]]:  # type: ignore[override]
         listener = self.socket
         try:
-            # The fd alone, as socket.accept() gets it (private, so not in the stubs).
-            fd, address = listener._accept()  # type: ignore[attr-defined]
+            # The fd alone, as socket.accept() gets it: the stdlib's private
+            # method (not ours, and not in the stubs), which gevent's accept calls.
+            fd, address = listener._accept()  # type: ignore[attr-defined]  # noqa: SLF001
         except BlockingIOError:
             return None
         return Accepted(fd, listener.family, listener.type, listener.proto, address), address
@@ -113,15 +115,19 @@ class Server(EventEmitter):
         if callback is not None:
             self.once("listening", callback)
         # The stubs type a StreamServer's handler for a socket; ours gets an
-        # Accepted from _Acceptor.do_read (here and in _from_listener).
+        # Accepted from _Acceptor.do_read (here and in from_handoff).
         self._start(_Acceptor(listener, self._accept, spawn=None))  # type: ignore[arg-type]
         return self
 
     @classmethod
-    def _from_listener(
+    def from_handoff(
         cls, sock: gsocket.socket, *, pause_on_connect: bool, allow_half_open: bool
     ) -> Server:
-        """A server accepting on a listening socket another process sent."""
+        """Hook: the channel calls this to rebuild a server another process sent.
+
+        Returns:
+            A server accepting on ``sock``, the listening socket received.
+        """
         server = cls(pause_on_connect=pause_on_connect, allow_half_open=allow_half_open)
         server._start(_Acceptor(sock, server._accept, spawn=None))  # type: ignore[arg-type]
         return server
@@ -132,7 +138,14 @@ class Server(EventEmitter):
         acceptor.start()
         gevent.spawn(self.emit, "listening")
 
-    def _listening_fd(self) -> int:
+    def handoff_start(self) -> int:
+        """Hook: ``send()`` calls this when given the server; return its listening fd.
+
+        The server goes on accepting here too, as in Node.
+
+        Raises:
+            InvalidHandleTypeError: the server is not listening.
+        """
         if self._acceptor is None or not self.listening:
             raise InvalidHandleTypeError("cannot send a server that is not listening")
         fd: int = self._acceptor.socket.fileno()
@@ -148,7 +161,7 @@ class Server(EventEmitter):
         sock = self._acceptor.socket
         # A TCP socket's name (it listens on nothing else): (host, port[, flow, scope]).
         host, port = sock.getsockname()[:2]
-        return {"address": host, "family": _FAMILIES.get(sock.family), "port": port}
+        return {"address": host, "family": FAMILIES.get(sock.family), "port": port}
 
     def close(self, callback: Optional[Callable[[], object]] = None) -> Server:
         """Stop accepting; ``'close'`` follows once every connection has ended."""
@@ -178,17 +191,23 @@ class Server(EventEmitter):
 
     def _drop(self, accepted: Accepted, address: Any) -> None:
         sock = accepted.to_socket()
-        local = _address(sock.getsockname())
-        remote = _address(address)
-        family = _FAMILIES.get(sock.family)
+        local = host_port(sock.getsockname())
+        remote = host_port(address)
+        family = FAMILIES.get(sock.family)
         sock.close()
         info = {"local_address": local[0], "local_port": local[1], "local_family": family,
                 "remote_address": remote[0], "remote_port": remote[1], "remote_family": family}
         gevent.spawn(self.emit, "drop", info)
 
-    def _connection_closed(self) -> None:
+    def on_connection_closed(self) -> None:
+        """Hook: a connection this server accepted calls this once this process is done with it."""
         self._open -= 1
         self._maybe_closed()
+
+    def on_connection_handed_off(self) -> None:
+        """Hook: a connection this server accepted calls this as it starts being
+        sent to another process; ``connections`` is None from then on."""
+        self._handed_off = True
 
     def _maybe_closed(self) -> None:
         # Node waits for the connections it can still count; sent ones it cannot.

@@ -5,21 +5,26 @@ import codecs
 import logging
 import socket as _stdlib_socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Tuple, Union
 
 import gevent
 from gevent import socket as gsocket
 
+from . import _platform
 from ._dispatch import submit
 from ._lifetime import (
     DONTWAIT,
     END_LINGER,
+    FAMILIES,
     READ_SIZE,
     Accepted,
+    HostPort,
     Lifetime,
+    ServerHooks,
     close_later,
     drained,
     gevent_socket,
+    host_port,
     report_done,
 )
 from .errors import InvalidHandleTypeError
@@ -30,8 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from gevent._types import _IoWatcher, _TimerWatcher
 
-    from ._server import Server
-
 __all__ = ["Accepted", "Socket", "END_LINGER", "READ_SIZE", "HIGH_WATER_MARK"]
 
 log = logging.getLogger("geventfork.net")
@@ -40,10 +43,6 @@ log = logging.getLogger("geventfork.net")
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
-_FAMILIES: Dict[int, str] = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_INET6: "IPv6"}
-
-#: ``(host, port)``; ``(None, None)`` where the kernel does not say.
-HostPort = Tuple[Optional[str], Optional[int]]
 #: A completion callback: ``callback(None)`` or ``callback(err)``.
 WriteCallback = Callable[[Optional[BaseException]], object]
 
@@ -70,7 +69,7 @@ class Socket(EventEmitter):
         self,
         sock: Any,
         *,
-        server: Optional[Server] = None,
+        server: Optional[ServerHooks] = None,
         paused: bool = False,
         allow_half_open: bool = False,
         on_done: Optional[Callable[[], object]] = None,
@@ -170,7 +169,7 @@ class Socket(EventEmitter):
         """The plain socket under this one; calls that must not wait pass ``MSG_DONTWAIT``."""
         if isinstance(self._sock, Accepted):
             if self._peer is None:
-                self._peer = _address(self._sock.peer)  # accept told us: keep it
+                self._peer = host_port(self._sock.peer)  # accept told us: keep it
             self._sock = self._sock.to_socket()
         return _raw(self._sock)
 
@@ -189,7 +188,7 @@ class Socket(EventEmitter):
     @property
     def remote_family(self) -> Optional[str]:
         """``"IPv4"`` or ``"IPv6"`` (or None for other families)."""
-        return _FAMILIES.get(self._sock.family)
+        return FAMILIES.get(self._sock.family)
 
     @property
     def local_address(self) -> Optional[str]:
@@ -210,7 +209,7 @@ class Socket(EventEmitter):
         """
         if self._peer is None:
             try:
-                self._peer = _address(self._sock.getpeername())
+                self._peer = host_port(self._sock.getpeername())
             except OSError:
                 return (None, None)
         return self._peer
@@ -226,7 +225,7 @@ class Socket(EventEmitter):
 
     def _sockname(self) -> HostPort:
         try:
-            return _address(self._raw_socket.getsockname())
+            return host_port(self._raw_socket.getsockname())
         except OSError:
             return (None, None)
 
@@ -479,8 +478,9 @@ class Socket(EventEmitter):
             return
         close_later(sock, not self._sent, self._lifetime())
 
-    def _abandoned(self) -> None:
-        """A listener this socket was given raised: end it if it is still ours.
+    def on_abandoned(self) -> None:
+        """Hook: ``EventEmitter.on_listener_failed`` calls this when a listener
+        this socket was given raised: end it if it is still ours.
 
         Not if it was destroyed, or sent (in flight, or acknowledged with
         ``keep_open``: another process has the connection).
@@ -530,7 +530,7 @@ class Socket(EventEmitter):
 
     def set_no_delay(self, flag: bool = True) -> Socket:
         """Disable (or re-enable) Nagle's algorithm on a TCP socket."""
-        if self._sock.family in _FAMILIES:
+        if self._sock.family in FAMILIES:
             self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
         return self
 
@@ -542,12 +542,24 @@ class Socket(EventEmitter):
             self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
         return self
 
+    def tcp_progress(self) -> Optional[Tuple[bool, int, int]]:
+        """The kernel's account of this TCP connection: ``(shut, consumed, written)``.
+
+        Called by ``Pool`` to tell whether a worker began on a connection;
+        None where the kernel does not say (see ``_platform.tcp_progress``).
+        """
+        return _platform.tcp_progress(self._raw_socket)
+
     # -- sending to another process ----------------------------------------
 
-    def _handoff(self) -> int:
-        """Stop using the socket here so that it can be sent; return its fd.
+    def handoff_start(self) -> Tuple[int, int, int]:
+        """Hook: ``send()`` calls this when given the socket; stop using it here.
 
-        The socket is in flight until ``_release`` or ``_returned``.
+        The socket is in flight until ``on_handoff_released`` or
+        ``on_handoff_returned``.
+
+        Returns:
+            ``(fd, family, type)`` of the socket, for the frame.
 
         Raises:
             InvalidHandleTypeError: destroyed, or its ``socket`` closed.
@@ -569,11 +581,14 @@ class Socket(EventEmitter):
         self._stop_timer()
         self._in_flight = True
         if self.server is not None:
-            self.server._handed_off = True
-        return fd
+            self.server.on_connection_handed_off()
+        return fd, self._sock.family, self._sock.type
 
-    def _release(self, keep_open: bool) -> None:
-        """The receiver has the socket: close our copy (without a FIN) unless ``keep_open``."""
+    def on_handoff_released(self, keep_open: bool) -> None:
+        """Hook: the channel calls this when the receiver acknowledged the socket.
+
+        Our copy is closed (without a FIN) unless ``keep_open``.
+        """
         self._in_flight = False
         if keep_open and not self.destroyed:
             self._sent = True
@@ -583,9 +598,10 @@ class Socket(EventEmitter):
         self.destroyed = True
         self._close()
 
-    def _returned(self) -> None:
-        """The hand-off failed (NACK, channel closed, send error), or the process
-        it was shared with (``keep_open``) died: the socket is ours alone again.
+    def on_handoff_returned(self) -> None:
+        """Hook: the channel calls this when the hand-off failed (NACK, channel
+        closed, send error), the pool when the process it was shared with
+        (``keep_open``) died: the socket is ours alone again.
 
         Its paused state is kept and its reader not restarted, so it can be
         sent again with every unread byte still in the kernel. Destroyed
@@ -602,10 +618,3 @@ class Socket(EventEmitter):
     def __repr__(self) -> str:
         state = "destroyed" if self.destroyed else "paused" if self._paused else "open"
         return f"<net.Socket {state} remote={self.remote_address}:{self.remote_port}>"
-
-
-def _address(address: Any) -> HostPort:
-    """``(host, port)`` of an address as ``getsockname``/``getpeername`` give it."""
-    if isinstance(address, tuple):
-        return address[0], address[1]
-    return address or None, None

@@ -60,7 +60,31 @@ class ChildProcess(ChannelOwner):
     ``'close'`` follows once the child has exited and the channel has closed.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        args: List[str],
+        env: Dict[str, str],
+        cwd: Optional[str],
+        stdio: Tuple[str, ...],
+        codec: Codec,
+        max_size: int,
+        max_queued: int,
+        timeout: Optional[float] = None,
+        kill_signal: int = _signal.SIGTERM,
+    ) -> None:
+        """Start the child; ``fork()`` checks and builds these arguments (use it).
+
+        Args:
+            args: the child's command line.
+            env: its environment, to which the channel's fd is added.
+            cwd: its working directory, or None for ours.
+            stdio: ``"pipe"``, ``"inherit"`` or ``"ignore"`` for each stream.
+            codec: how this end encodes messages.
+            max_size: the largest message payload sent or accepted.
+            max_queued: the most bytes queued for the child.
+            timeout: seconds after which the child is sent ``kill_signal``.
+            kill_signal: the signal number ``timeout`` kills with.
+        """
         super().__init__()
         self.pid: Optional[int] = None
         #: The exit status, or None (still running, or killed by a signal).
@@ -82,6 +106,10 @@ class ChildProcess(ChannelOwner):
         self._exit_greenlet: Optional[greenlet] = None
         self._disconnected = False
         self._referenced = True
+        self._spawn(args, env, cwd, stdio, codec, max_size, max_queued)
+        if timeout is not None and self._popen is not None:
+            self._timer = gevent.get_hub().loop.timer(timeout)
+            self._timer.start(self.kill, kill_signal)
 
     def kill(self, signal: SignalLike = _signal.SIGTERM) -> bool:
         """Send ``signal``; return whether it was delivered (Node's ``kill``).
@@ -214,9 +242,10 @@ class ChildProcess(ChannelOwner):
         else:
             self.exit_code = returncode
 
-    def _channel_closed(self) -> None:
+    def on_channel_closed(self) -> None:
+        """Hook (see ``ChannelOwner``): ``'disconnect'``, then ``'close'`` if the child exited."""
         self._disconnected = True
-        super()._channel_closed()
+        super().on_channel_closed()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
@@ -321,14 +350,10 @@ def fork(
     child_env[MAX_QUEUED_ENV] = str(max_queued)
     _make_importable(child_env)
     argv = [exec_path or sys.executable, *exec_argv, "-m", "geventfork", script]
-    child = ChildProcess()
-    child._spawn(
-        argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size, max_queued
+    return ChildProcess(
+        argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size,
+        max_queued, timeout, kill_signal,
     )
-    if timeout is not None and child._popen is not None:
-        child._timer = gevent.get_hub().loop.timer(timeout)
-        child._timer.start(child.kill, kill_signal)
-    return child
 
 
 def resolve_module(module: Union[str, "os.PathLike[str]"], cwd: Optional[str] = None) -> str:

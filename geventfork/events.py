@@ -27,7 +27,7 @@ class EventEmitter:
 
     An ``'error'`` emitted with no listener raises it, as in Node.
 
-    A spawned listener that raises is passed to ``_listener_failed``: by
+    A spawned listener that raises is passed to ``on_listener_failed``: by
     default it ends each ``net.Socket`` among the event's arguments that is
     still this process's own, so a connection whose handler failed is closed
     gracefully at once instead of waiting for the garbage collector. The
@@ -136,14 +136,14 @@ class EventEmitter:
     def _listeners_changed(self, event: str) -> None:
         """Hook: ``event`` gained or lost a listener."""
 
-    def _listener_failed(
+    def on_listener_failed(
         self, event: str, listener: Listener, args: tuple[Any, ...], exc: BaseException
     ) -> bool:
-        """Hook: ``listener``, of a spawned ``event``, raised ``exc``.
+        """Hook: the dispatcher calls this when ``listener`` (of a spawned ``event``) raised.
 
         Runs in the listener's greenlet. The default ends every argument
         that can be abandoned (a ``net.Socket`` not sent on nor destroyed:
-        see ``Socket._abandoned``), so that no connection is left without
+        see ``Socket.on_abandoned``), so that no connection is left without
         an owner, unless ``event`` has other listeners, which may still be
         using it (the garbage collector then ends what nobody keeps). A ``GeventforkError`` (the channel closed under a send,
         a handle ``send`` refused, ...) is then logged as one warning line
@@ -163,7 +163,7 @@ class EventEmitter:
         if self.listener_count(event) <= 1:  # no other listener may still use it
             for arg in args:
                 # Looked up on the type: an argument's own __getattr__ never runs.
-                abandoned = getattr(type(arg), "_abandoned", None)
+                abandoned = getattr(type(arg), "on_abandoned", None)
                 if abandoned is not None:
                     abandoned(arg)
         if not isinstance(exc, GeventforkError):

@@ -74,13 +74,13 @@ class End:
         self.ch = Channel(sock, self, codec, **options)
 
     # The owner interface Channel reports to.
-    def _channel_message(self, message: Any, handle: Any) -> None:
+    def on_channel_message(self, message: Any, handle: Any) -> None:
         self.messages.put((message, handle))
 
-    def _channel_error(self, err: BaseException) -> None:
+    def on_channel_error(self, err: BaseException) -> None:
         self.errors.put(err)
 
-    def _channel_closed(self) -> None:
+    def on_channel_closed(self) -> None:
         self.closed_count += 1
         self.closed.set()
 

@@ -4,7 +4,7 @@
 (runners); a job that blocks keeps its runner and the jobs behind it go on
 in another; a job that raises is reported and its runner goes on; idle
 runners are kept for reuse, at most ``MAX_IDLE`` of them; ``submit_listener``
-tells the emitter's ``_listener_failed`` hook about a listener that raised.
+tells the emitter's ``on_listener_failed`` hook about a listener that raised.
 What the tests look at is what a job sees: the order jobs run in, the
 greenlet each runs in (``gevent.getcurrent()``), and what the hub is told.
 """
@@ -130,7 +130,7 @@ def test_submit_listener_reports_a_raising_listener_to_the_emitter() -> None:
             self.failed: list = []
             self.reported_here = reported_here
 
-        def _listener_failed(self, event, listener, args, exc) -> bool:
+        def on_listener_failed(self, event, listener, args, exc) -> bool:
             self.failed.append((event, listener.__name__, args, str(exc)))
             return self.reported_here
 
@@ -152,7 +152,7 @@ def test_submit_listener_reports_a_raising_listener_to_the_emitter() -> None:
 
 def test_a_hook_that_raises_is_reported_not_raised() -> None:
     class Broken:
-        def _listener_failed(self, event, listener, args, exc) -> bool:
+        def on_listener_failed(self, event, listener, args, exc) -> bool:
             raise KeyError("hook failed")
 
     def listener() -> None:

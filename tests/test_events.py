@@ -403,13 +403,13 @@ def test_once_on_a_spawned_event_is_removed_at_emit(event: str) -> None:
 
 
 class FailureHooked(EventEmitter):
-    """Records the ``_listener_failed`` hook (what ends a failed handler's socket)."""
+    """Records the ``on_listener_failed`` hook (what ends a failed handler's socket)."""
 
     def __init__(self, order: list) -> None:
         super().__init__()
         self.order = order
 
-    def _listener_failed(self, event, listener, args, exc) -> bool:
+    def on_listener_failed(self, event, listener, args, exc) -> bool:
         self.order.append(("hook", event, listener.__name__, args, str(exc)))
         return False
 
@@ -453,7 +453,7 @@ def test_a_raising_plain_listener_propagates_without_the_hook(reported: list) ->
 
 def test_a_hook_that_raises_is_reported_not_raised(reported: list) -> None:
     class Broken(EventEmitter):
-        def _listener_failed(self, event, listener, args, exc) -> bool:
+        def on_listener_failed(self, event, listener, args, exc) -> bool:
             raise RuntimeError("hook failed")
 
     emitter, after = Broken(), Event()
@@ -468,7 +468,7 @@ def test_the_default_hook_abandons_arguments_that_can_be_abandoned(reported: lis
     class Orphan:
         abandoned = 0
 
-        def _abandoned(self) -> None:
+        def on_abandoned(self) -> None:
             self.abandoned += 1
 
     orphan, emitter = Orphan(), EventEmitter()
@@ -477,7 +477,7 @@ def test_the_default_hook_abandons_arguments_that_can_be_abandoned(reported: lis
         raise ValueError("listener failed")
 
     emitter.on("connection", listener)
-    emitter.emit("connection", orphan, {"_abandoned": "not looked up on instances"})
+    emitter.emit("connection", orphan, {"on_abandoned": "not looked up on instances"})
     wait_until(lambda: reported, "the failure to be reported")
     assert orphan.abandoned == 1
 
