@@ -549,7 +549,7 @@ class Channel:
         peer flooding the channel cannot starve this process's greenlets.
         """
         while True:
-            event = self._dispatch()
+            event = self._handle_batch()
             if event is _wire.CLOSED:
                 self._peer_closed()
                 return False
@@ -564,7 +564,7 @@ class Channel:
         get_hub().wait(self._read_watcher)
         self._slice_end = time.monotonic() + READ_SLICE
 
-    def _dispatch(self) -> Optional[_wire.NoFrame]:
+    def _handle_batch(self) -> Optional[_wire.NoFrame]:
         """Handle up to ``READ_BATCH`` whole frames.
 
         Returns:

@@ -21,7 +21,7 @@ from gevent import socket as gsocket
 
 __all__ = [
     "Accepted", "ConnectionSocket", "Lifetime", "ServerHooks", "END_LINGER", "READ_SIZE",
-    "DONTWAIT", "FAMILIES", "HostPort", "close_later", "drained", "gevent_socket",
+    "DONTWAIT", "FAMILIES", "HostPort", "close_later", "discard_unread", "gevent_socket",
     "host_port", "report_done",
 ]
 
@@ -229,14 +229,14 @@ def _linger_close(raw: _socket.socket, graceful: bool, lifetime: Optional[Lifeti
         raw.close()
 
     def drain() -> None:
-        if drained(raw):
+        if discard_unread(raw):
             finish()
 
     watchers[1].start(finish)
     watchers[0].start(drain)
 
 
-def drained(raw: _socket.socket) -> bool:
+def discard_unread(raw: _socket.socket) -> bool:
     """Read and drop what ``raw`` has; True once the peer closed (or failed)."""
     try:
         while raw.recv(READ_SIZE, DONTWAIT):

@@ -279,7 +279,7 @@ class Pool(EventEmitter):
         if handle is not None:
             self._jobs[id(handle)] = job
         try:
-            return self._dispatch(job)
+            return self._assign(job)
         except BaseException:
             self._jobs.pop(id(handle), None)
             raise
@@ -301,7 +301,7 @@ class Pool(EventEmitter):
                 restart.kill(block=False)
             self._restarts.clear()
             while self._queue:
-                self._fail(self._queue.popleft(), ChannelClosedError("the pool is closed"))
+                self._give_up_on(self._queue.popleft(), ChannelClosedError("the pool is closed"))
             for worker in self._live:
                 worker.child.disconnect()
             self._maybe_all_gone()
@@ -338,7 +338,7 @@ class Pool(EventEmitter):
         self._live.sort(key=lambda w: w.slot)
         if announce:
             self._announce(child)
-        self._drain()
+        self._send_waiting()
 
     def _announce(self, child: ChildProcess) -> None:
         if child.pid is not None:
@@ -431,7 +431,7 @@ class Pool(EventEmitter):
         )
         self._failed = err
         while self._queue:
-            self._fail(self._queue.popleft(), err, report=False)
+            self._give_up_on(self._queue.popleft(), err, report=False)
         self.emit("error", err)
 
     def _maybe_all_gone(self) -> None:
@@ -459,15 +459,15 @@ class Pool(EventEmitter):
             return min(ordered, key=lambda worker: worker.load)
         return ordered[0]
 
-    def _dispatch(self, job: _Job) -> bool:
+    def _assign(self, job: _Job) -> bool:
         """Send ``job`` to a worker now, or queue it; may raise as ``send`` does."""
         if self._closing:
-            self._fail(job, ChannelClosedError("the pool is closed"))
+            self._give_up_on(job, ChannelClosedError("the pool is closed"))
             return False
         workers = self._connected()
         if not workers:
             if self._failed is not None:  # a crash loop: no worker will take it soon
-                self._fail(job, self._failed, report=False)
+                self._give_up_on(job, self._failed, report=False)
             else:
                 self._queue.append(job)
             return False
@@ -475,7 +475,7 @@ class Pool(EventEmitter):
             workers = [w for w in workers if w.child.pid not in job.refused_by]
             if not workers:  # every worker lost its fd: it will not fit anywhere now
                 # Cast: every pid in refused_by came with a NACK, which set lost.
-                self._fail(job, cast(BaseException, job.lost))
+                self._give_up_on(job, cast(BaseException, job.lost))
                 return False
         worker = self._pick(workers)
         options = job.options
@@ -498,15 +498,15 @@ class Pool(EventEmitter):
             job.worker = None
             raise
 
-    def _redispatch(self, job: _Job) -> None:
+    def _reassign(self, job: _Job) -> None:
         try:
-            self._dispatch(job)
+            self._assign(job)
         except Exception as exc:
-            self._fail(job, exc)
+            self._give_up_on(job, exc)
 
-    def _drain(self) -> None:
+    def _send_waiting(self) -> None:
         while self._queue and self._connected():
-            self._redispatch(self._queue.popleft())
+            self._reassign(self._queue.popleft())
 
     def _answered(self, worker: _Worker, job: _Job, err: Optional[BaseException]) -> None:
         """The channel's callback: the worker acknowledged, refused, or was gone."""
@@ -530,7 +530,7 @@ class Pool(EventEmitter):
             self._retry(job, err)
         else:  # e.g. an OSError from sendmsg: this message cannot be sent
             job.worker = None
-            self._fail(job, err)
+            self._give_up_on(job, err)
 
     def _done(self, worker: _Worker, job: _Job) -> None:
         """``on_done``: the worker is done with the connection; close our copy."""
@@ -561,9 +561,9 @@ class Pool(EventEmitter):
     def _retry(self, job: _Job, err: BaseException) -> None:
         """Send ``job`` to another worker, unless the pool cannot any more."""
         if self._closing:
-            self._fail(job, ChannelClosedError("the pool is closed"))
+            self._give_up_on(job, ChannelClosedError("the pool is closed"))
         else:
-            self._redispatch(job)
+            self._reassign(job)
 
     # -- reporting --------------------------------------------------------
 
@@ -578,7 +578,7 @@ class Pool(EventEmitter):
         if job.handle is not None and self._jobs.get(id(job.handle)) is job:
             del self._jobs[id(job.handle)]
 
-    def _fail(self, job: _Job, err: BaseException, report: bool = True) -> None:
+    def _give_up_on(self, job: _Job, err: BaseException, report: bool = True) -> None:
         """``job`` will not be sent: the callback gets ``err``, or the socket is ended.
 
         Without a callback the failure is reported once, as ``'error'``,
@@ -658,10 +658,10 @@ def _exit_after(grace: float) -> None:
     """Without a channel, finish what is under way, but for ``grace`` s at most."""
     global _deadline
     _deadline = gevent.get_hub().loop.timer(grace, ref=False)
-    _deadline.start(_give_up)
+    _deadline.start(_exit_now)
 
 
-def _give_up() -> None:
+def _exit_now() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)

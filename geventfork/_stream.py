@@ -22,7 +22,7 @@ from ._lifetime import (
     Lifetime,
     ServerHooks,
     close_later,
-    drained,
+    discard_unread,
     gevent_socket,
     host_port,
     report_done,
@@ -280,7 +280,7 @@ class Socket(EventEmitter):
                         continue  # only the start of a character so far
                 self.emit("data", data)
         except OSError as exc:
-            self._fail(exc)
+            self._destroy_on(exc)
         finally:
             if self._reader is gevent.getcurrent():
                 self._reader = None
@@ -352,7 +352,7 @@ class Socket(EventEmitter):
                 self._need_drain = False
                 self.emit("drain")
         except OSError as exc:
-            self._fail(exc)
+            self._destroy_on(exc)
             return
         finally:
             self._writer = None
@@ -362,7 +362,7 @@ class Socket(EventEmitter):
     def _write_failed(self, err: BaseException, callback: Optional[WriteCallback]) -> None:
         if callback is not None:
             callback(err)
-        self._fail(err)
+        self._destroy_on(err)
 
     def end(
         self, data: Union[bytes, str, None] = None, callback: Optional[Callable[..., object]] = None
@@ -413,11 +413,11 @@ class Socket(EventEmitter):
             return
         self._lingering = (loop.io(raw.fileno(), 1), loop.timer(END_LINGER))
         self._lingering[1].start(self._lingered)
-        self._lingering[0].start(self._drain, raw)
+        self._lingering[0].start(self._discard_unread, raw)
 
-    def _drain(self, raw: _socket.socket) -> None:
+    def _discard_unread(self, raw: _socket.socket) -> None:
         """The socket is readable while lingering (runs in the hub)."""
-        if drained(raw):
+        if discard_unread(raw):
             self._lingered()
 
     def _lingered(self) -> None:
@@ -492,7 +492,7 @@ class Socket(EventEmitter):
         else:
             self.end()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _destroy_on(self, exc: BaseException) -> None:
         if not self.destroyed:
             self._peername()  # a last chance, for the report
             self.destroy(exc)

@@ -223,7 +223,7 @@ class Decoder:
         if fds or truncated:
             if not data:
                 self._close_all(fds)
-                self._fail("fds arrived with no bytes", b"")
+                self._reject("fds arrived with no bytes", b"")
             if fds:
                 self._check_fds(data, fds)
             self._batches.append(_FdBatch(start, start + len(data), list(fds), truncated))
@@ -248,7 +248,7 @@ class Decoder:
             offset += _HEADER_SIZE + size
         if not len(buf) <= offset < len(buf) + len(data):
             self._close_all(fds)
-            self._fail("fds arrived in the middle of a frame", bytes(data[:64]))
+            self._reject("fds arrived in the middle of a frame", bytes(data[:64]))
 
     def receive_eof(self) -> None:
         """The peer closed its end; ``next_event`` will say whether cleanly."""
@@ -301,14 +301,14 @@ class Decoder:
     ) -> None:
         """Raise for a header that breaks the format's rules."""
         if kind not in _KINDS:
-            self._fail(f"unknown frame kind {kind}", buf[pos : pos + 64])
+            self._reject(f"unknown frame kind {kind}", buf[pos : pos + 64])
         if size > self.max_size:
-            self._fail(
+            self._reject(
                 f"frame of {size} bytes is over the {self.max_size}-byte limit",
                 buf[pos : pos + 64],
             )
         if nfds > MAX_FDS or (kind != MESSAGE and (size or nfds)) or (nfds and not ident):
-            self._fail(f"malformed frame header (kind {kind}, {nfds} fds)", buf[pos : pos + 64])
+            self._reject(f"malformed frame header (kind {kind}, {nfds} fds)", buf[pos : pos + 64])
 
     def close(self) -> None:
         """Close every fd still held; the decoder must not be used after."""
@@ -320,22 +320,22 @@ class Decoder:
         if not self._eof:
             return NEED_DATA
         if available:
-            self._fail(
+            self._reject(
                 f"EOF inside a frame ({available} bytes of it arrived)",
                 self._buf[self._pos : self._pos + 64],
             )
         if self._batches:
-            self._fail("fds arrived that no frame claimed", b"")
+            self._reject("fds arrived that no frame claimed", b"")
         return CLOSED
 
     def _claim(self, start: int, nfds: int, evidence: Evidence) -> Tuple[Tuple[int, ...], bool]:
         batches = self._batches
         if batches and batches[0].end <= start:
-            self._fail("fds arrived that no frame claimed", evidence)
+            self._reject("fds arrived that no frame claimed", evidence)
         if not nfds:
             return (), False
         if not batches or not batches[0].start <= start < batches[0].end:
-            self._fail(f"frame announces {nfds} fds but none arrived with it", evidence)
+            self._reject(f"frame announces {nfds} fds but none arrived with it", evidence)
         batch = batches[0]
         if len(batch.fds) == nfds:
             batches.popleft()
@@ -343,9 +343,9 @@ class Decoder:
         if len(batch.fds) < nfds and batch.truncated:
             batches.popleft()
             return tuple(batch.fds), True
-        self._fail(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
+        self._reject(f"frame announces {nfds} fds but {len(batch.fds)} arrived", evidence)
 
-    def _fail(self, msg: str, evidence: Evidence) -> NoReturn:
+    def _reject(self, msg: str, evidence: Evidence) -> NoReturn:
         self._error = ProtocolError(msg, bytes(evidence))
         self.close()
         raise self._error
