@@ -192,8 +192,19 @@ def _dispatcher() -> Dispatcher:
 
 
 def submit(fn: Callable[..., object], *args: Any) -> None:
-    """Run ``fn(*args)`` in a runner of this thread's hub; see the module docstring."""
+    """Run ``fn(*args)`` later, in a runner of this thread's hub.
+
+    The one way the library runs something later (an event's listeners, a
+    send's callback, a deferred ``emit``). The rule: calls run in the order
+    they were submitted, never inside the caller's frame, each in a
+    greenlet it may block in without holding up the ones after it (see the
+    module docstring). A long-lived loop (a channel's or a socket's reader)
+    gets a greenlet of its own with ``gevent.spawn`` instead; a call that
+    must run in the hub itself, between two turns of the loop, goes through
+    ``loop.run_callback``.
+    """
     _dispatcher().submit(fn, args)
+
 
 
 def submit_listener(

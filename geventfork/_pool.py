@@ -38,6 +38,7 @@ from typing import (
 import gevent
 from gevent.event import Event
 
+from ._dispatch import submit
 from . import _handles
 from ._channel import Callback, Channel
 from ._owner import check_send_arguments
@@ -342,7 +343,7 @@ class Pool(EventEmitter):
 
     def _announce(self, child: ChildProcess) -> None:
         if child.pid is not None:
-            gevent.spawn(self.emit, "spawn", child)
+            submit(self.emit, "spawn", child)
 
     def _forward(self, worker: _Worker, message: Any, handle: Optional[_handles.Handle]) -> None:
         if isinstance(message, dict) and message.get("cmd") == _CMD and handle is None:
@@ -412,7 +413,7 @@ class Pool(EventEmitter):
         if not worker.ready:
             self._unready_exits += 1
             if self._unready_exits == CRASH_LOOP:
-                gevent.spawn(self._crash_loop, worker)
+                submit(self._crash_loop, worker)
         if time.monotonic() - worker.started >= STABLE_AFTER:
             self._failures[slot] = 0
         delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failures[slot])
@@ -571,7 +572,7 @@ class Pool(EventEmitter):
         if not job.reported:
             job.reported = True
             if job.callback is not None:
-                gevent.spawn(job.callback, err)
+                submit(job.callback, err)
 
     def _settled(self, job: _Job) -> None:
         """``job`` is out of the pool's care: its handle may be sent again."""
@@ -592,7 +593,7 @@ class Pool(EventEmitter):
         if job.handle is not None:
             _let_go(job.handle)
         if report and not self._closing:
-            gevent.spawn(self.emit, "error", err)
+            submit(self.emit, "error", err)
 
 
 def _let_go(handle: _handles.Handle) -> None:

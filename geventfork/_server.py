@@ -4,10 +4,10 @@ from __future__ import annotations
 import socket as _stdlib_socket
 from typing import Any, Callable, Optional, Tuple, TypedDict, Union
 
-import gevent
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
+from ._dispatch import submit
 from ._lifetime import FAMILIES, Accepted, host_port
 from ._stream import Socket
 from .errors import InvalidHandleTypeError
@@ -136,7 +136,7 @@ class Server(EventEmitter):
         self._acceptor = acceptor
         self._closing = False
         acceptor.start()
-        gevent.spawn(self.emit, "listening")
+        submit(self.emit, "listening")
 
     def handoff_start(self) -> int:
         """Hook: ``send()`` calls this when given the server; return its listening fd.
@@ -197,7 +197,7 @@ class Server(EventEmitter):
         sock.close()
         info = {"local_address": local[0], "local_port": local[1], "local_family": family,
                 "remote_address": remote[0], "remote_port": remote[1], "remote_family": family}
-        gevent.spawn(self.emit, "drop", info)
+        submit(self.emit, "drop", info)
 
     def on_connection_closed(self) -> None:
         """Hook: a connection this server accepted calls this once this process is done with it."""
@@ -213,7 +213,7 @@ class Server(EventEmitter):
         # Node waits for the connections it can still count; sent ones it cannot.
         if self._closing and self._acceptor is not None and (self._open <= 0 or self._handed_off):
             self._acceptor = None
-            gevent.spawn(self.emit, "close")
+            submit(self.emit, "close")
 
     def __repr__(self) -> str:
         return f"<net.Server {self.address()} connections={self.connections}>"

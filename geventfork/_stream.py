@@ -308,7 +308,7 @@ class Socket(EventEmitter):
             data = data.encode("utf-8")
         if self.destroyed or self._ending:
             err = BrokenPipeError("write after end" if self._ending else "socket is destroyed")
-            gevent.spawn(self._write_failed, err, callback)
+            submit(self._write_failed, err, callback)
             return False
         if not self._pending:
             try:
@@ -316,13 +316,13 @@ class Socket(EventEmitter):
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                gevent.spawn(self._write_failed, exc, callback)
+                submit(self._write_failed, exc, callback)
                 return False
             self.bytes_written += sent
             self._idle = False
             if sent == len(data):
                 if callback is not None:
-                    gevent.spawn(callback, None)
+                    submit(callback, None)
                 return True
             data = memoryview(data)[sent:]
         if not self._pending:
@@ -519,7 +519,7 @@ class Socket(EventEmitter):
 
     def _on_timer(self) -> None:
         if self._idle:
-            gevent.spawn(self.emit, "timeout")
+            submit(self.emit, "timeout")
         self._idle = True
 
     def _stop_timer(self) -> None:

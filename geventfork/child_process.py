@@ -27,6 +27,7 @@ import gevent
 from gevent import subprocess
 from gevent.event import Event
 
+from ._dispatch import submit
 from . import _wire
 from ._channel import MAX_QUEUED, Channel
 from ._environ import (
@@ -209,7 +210,7 @@ class ChildProcess(ChannelOwner):
                 )
         except OSError as exc:
             ours.close()
-            gevent.spawn(self.emit, "error", exc)
+            submit(self.emit, "error", exc)
             return
         finally:
             theirs.close()
@@ -217,11 +218,11 @@ class ChildProcess(ChannelOwner):
         self.stdin, self.stdout, self.stderr = (
             self._popen.stdin, self._popen.stdout, self._popen.stderr,
         )
-        gevent.spawn(self.emit, "spawn")
+        submit(self.emit, "spawn")
         self.channel = Channel(ours, self, codec, max_size, max_queued=max_queued)
         # gevent's Popen.rawlink (called on exit, in the hub) is not in its stubs.
         self._popen.rawlink(  # type: ignore[attr-defined]
-            lambda popen: gevent.spawn(self._on_exit, popen.returncode)
+            lambda popen: submit(self._on_exit, popen.returncode)
         )
 
     def _on_exit(self, returncode: int) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import gevent
 from gevent import socket as gsocket
 
+from ._dispatch import submit
 from ._server import Server
 from ._stream import Socket
 
@@ -34,7 +34,7 @@ def connect(
     conn = Socket(gsocket.create_connection((host, port)))
     if callback is not None:
         conn.once("connect", callback)
-    gevent.spawn(conn.emit, "connect")
+    submit(conn.emit, "connect")
     return conn
 
 
