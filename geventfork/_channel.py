@@ -536,7 +536,8 @@ class Channel:
                 decoder.receive_eof()
             if not self._handle_frames():
                 return
-            if size < READ_SIZE and not anc and self.state is not State.CLOSED:
+            closed = self.state is State.CLOSED  # type: ignore[comparison-overlap]
+            if size < READ_SIZE and not anc and not closed:
                 # A short read without fds emptied the socket: wait for more
                 # rather than pay for a read that would say EAGAIN.
                 self._wait_readable()
