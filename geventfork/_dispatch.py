@@ -112,43 +112,60 @@ class Dispatcher:
             self._hand_over()
 
     def _run(self) -> None:
+        """A runner: take jobs while it is the runner, then park, until let go."""
         me = Greenlet.getcurrent()
-        jobs, hub = self._jobs, self._hub
-        fn: Optional[Callable[..., object]]
-        args: Optional[Tuple[Any, ...]]
-        emitter: Optional[FailureHook]
         try:
             while True:
-                while jobs and self._runner is me:
-                    fn, args, emitter, event = jobs.popleft()
-                    self._in_job = True
-                    if jobs and not self._watching:
-                        self._watch_soon()  # should this job block, the rest go on
-                    try:
-                        fn(*args)
-                    except GreenletExit:
-                        raise
-                    except BaseException as exc:
-                        if emitter is None or not _tell_emitter(hub, emitter, event, fn, args, exc):
-                            hub.handle_error(fn, *sys.exc_info())
-                    if self._runner is me:
-                        self._in_job = False
-                # Hold nothing of the last job while parked: what only it
-                # referenced (an ignored net.Socket) is to be freed now.
-                fn = args = emitter = None
+                self._run_jobs(me)
                 if self._runner is me:
                     self._runner = None
                 if len(self._idle) >= MAX_IDLE:
                     return
                 self._park(me)
         finally:
-            if me in self._idle:
-                self._idle.remove(me)
+            self._retire(me)
+
+    def _run_jobs(self, me: greenlet) -> None:
+        """Run queued jobs back to back while ``me`` is the runner.
+
+        Returns holding nothing of the last job: what only it referenced (an
+        ignored ``net.Socket``) is freed while the runner is parked.
+        """
+        jobs = self._jobs
+        while jobs and self._runner is me:
+            fn, args, emitter, event = jobs.popleft()
+            self._in_job = True
+            if jobs and not self._watching:
+                self._watch_soon()  # should this job block, the rest go on
+            self._run_job(fn, args, emitter, event)
             if self._runner is me:
-                self._runner = None
                 self._in_job = False
-                if jobs:
-                    self._start_runner()
+
+    def _run_job(
+        self,
+        fn: Callable[..., object],
+        args: Tuple[Any, ...],
+        emitter: Optional[FailureHook],
+        event: str,
+    ) -> None:
+        """Run one job; what it raises goes to its emitter's hook, else to the hub."""
+        try:
+            fn(*args)
+        except GreenletExit:
+            raise
+        except BaseException as exc:
+            if emitter is None or not _tell_emitter(self._hub, emitter, event, fn, args, exc):
+                self._hub.handle_error(fn, *sys.exc_info())
+
+    def _retire(self, me: greenlet) -> None:
+        """``me`` stops (let go, or killed): another runner takes what is left."""
+        if me in self._idle:
+            self._idle.remove(me)
+        if self._runner is me:
+            self._runner = None
+            self._in_job = False
+            if self._jobs:
+                self._start_runner()
 
     def _park(self, me: greenlet) -> None:
         """Wait in ``_idle`` until ``_start_runner`` picks this runner again."""
