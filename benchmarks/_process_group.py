@@ -4,6 +4,7 @@ Every command runs as the leader of a new session, so that it and whatever
 it forks share one process group that is signalled as a whole, and Ctrl-C at
 the terminal reaches the runner only (which then stops them all, in order).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,15 +33,20 @@ class ProcessGroup:
         nofile: its limit on open files (RLIMIT_NOFILE); None keeps ours.
     """
 
-    def __init__(self, argv: list, out_path: str, err_path: str,
-                 nofile: Optional[int] = None) -> None:
+    def __init__(
+        self, argv: list, out_path: str, err_path: str, nofile: Optional[int] = None
+    ) -> None:
         self.argv = argv
         self.out_path = out_path
         self.err_path = err_path
         limit = None if nofile is None else functools.partial(_limit_open_files, nofile)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
                 preexec_fn=limit,
             )
         self.pgid = self.popen.pid
@@ -145,4 +151,4 @@ def _stat_fields(pid: str) -> Optional[list]:
             stat = f.read()
     except OSError:
         return None
-    return stat[stat.rfind(")") + 2:].split()
+    return stat[stat.rfind(")") + 2 :].split()

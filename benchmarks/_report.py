@@ -1,4 +1,5 @@
 """The table: one row per figure, the median over rounds (counts: the total)."""
+
 from __future__ import annotations
 
 import statistics

@@ -4,6 +4,7 @@
 ``geventfork`` the priority example and ``benchmarks/geventfork_ipc/``, and
 ``floor`` the bare hand-off of ``benchmarks/floor/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 
 from _process_group import ProcessGroup
 
-__all__ = ["BenchError", "Settings", "build_loadgen", "measure_handoff", "measure_ipc", "HANDOFF", "IPC"]
+__all__ = [
+    "BenchError",
+    "Settings",
+    "build_loadgen",
+    "measure_handoff",
+    "measure_ipc",
+    "HANDOFF",
+    "IPC",
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -30,8 +39,11 @@ _GEVENTFORK = [sys.executable, "-m", "geventfork"]
 #: The hand-off servers: each prints "listening on HOST:PORT".
 HANDOFF = {
     "node": ["node", os.path.join(HERE, "node", "parent.js"), *_SERVER_ARGS],
-    "geventfork": [*_GEVENTFORK, os.path.join(ROOT, "examples", "priority", "parent.py"),
-                   *_SERVER_ARGS],
+    "geventfork": [
+        *_GEVENTFORK,
+        os.path.join(ROOT, "examples", "priority", "parent.py"),
+        *_SERVER_ARGS,
+    ],
     "floor": [sys.executable, os.path.join(HERE, "floor", "parent.py"), *_SERVER_ARGS],
 }
 #: The IPC benchmark programs: each takes ``BENCH ARGS...`` and prints a JSON line.
@@ -71,8 +83,14 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         """About a quarter of the work, for trying the harness out."""
-        return cls(duration=1.0, warmup=0.3, stream=50_000, pingpong=5_000,
-                   large=((1 << 20, 8), (16 << 20, 2)), cost=1)
+        return cls(
+            duration=1.0,
+            warmup=0.3,
+            stream=50_000,
+            pingpong=5_000,
+            large=((1 << 20, 8), (16 << 20, 2)),
+            cost=1,
+        )
 
 
 def build_loadgen(workdir: str) -> str:
@@ -98,8 +116,9 @@ def measure_handoff(system: str, mode: str, loadgen: str, settings: Settings, wo
     Raises:
         BenchError: the server did not start or did not serve the warm-up.
     """
-    server = ProcessGroup(HANDOFF[system], *_log_paths(workdir, f"{system}-{mode}"),
-                          nofile=settings.nofile or None)
+    server = ProcessGroup(
+        HANDOFF[system], *_log_paths(workdir, f"{system}-{mode}"), nofile=settings.nofile or None
+    )
     try:
         port = _wait_listening(server)
         warmup = _loadgen(loadgen, port, settings, workdir, "silent", duration=settings.warmup)
@@ -127,8 +146,9 @@ def measure_ipc(system: str, args: list, settings: Settings, workdir: str) -> di
         BenchError: it failed, timed out, or printed no figures.
     """
     name = f"{system}-ipc-{'-'.join(map(str, args))}"
-    program = ProcessGroup([*IPC[system], *map(str, args)], *_log_paths(workdir, name),
-                           nofile=settings.nofile or None)
+    program = ProcessGroup(
+        [*IPC[system], *map(str, args)], *_log_paths(workdir, name), nofile=settings.nofile or None
+    )
     try:
         status = program.wait(IPC_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -137,17 +157,30 @@ def measure_ipc(system: str, args: list, settings: Settings, workdir: str) -> di
         program.stop()
     figures = _last_json(program.output())
     if status or figures is None or figures.get("ok") is False:
-        raise BenchError(f"{system} {args} exited with {status}, printed {figures}\n"
-                         f"{program.error_tail()}")
+        raise BenchError(
+            f"{system} {args} exited with {status}, printed {figures}\n{program.error_tail()}"
+        )
     return figures
 
 
-def _loadgen(loadgen: str, port: int, settings: Settings, workdir: str, mode: str,
-             **amount: float) -> dict:
+def _loadgen(
+    loadgen: str, port: int, settings: Settings, workdir: str, mode: str, **amount: float
+) -> dict:
     """Run loadgen against ``port``; return its figures (plus its CPU share)."""
-    (what, value), = amount.items()  # duration=S or connections=N
-    argv = [loadgen, HOST, str(port), f"--{what}", str(value), "--mode", mode,
-            "--concurrency", str(settings.concurrency), "--timeout", str(settings.timeout)]
+    ((what, value),) = amount.items()  # duration=S or connections=N
+    argv = [
+        loadgen,
+        HOST,
+        str(port),
+        f"--{what}",
+        str(value),
+        "--mode",
+        mode,
+        "--concurrency",
+        str(settings.concurrency),
+        "--timeout",
+        str(settings.timeout),
+    ]
     group = ProcessGroup(argv, *_log_paths(workdir, "loadgen"))
     try:
         status = group.wait(value + settings.timeout + 60 if what == "duration" else 600)
@@ -183,6 +216,7 @@ def _wait_listening(server: ProcessGroup) -> int:
 
 def _cpu_figures(leader: int, before: dict, after: dict, result: dict) -> dict:
     """CPU the server used during the load: % of one core, and µs per served connection."""
+
     def used(pids):
         return sum(after[p] - before.get(p, 0.0) for p in pids)
 

@@ -23,6 +23,7 @@ Each measurement runs ``benchmarks/pool/server.py`` under
 ``python -m geventfork`` in a session of its own, stopped at the end (as
 ``run.py`` does). Needs Linux. Exits 1 if a server failed, 130 on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,11 @@ SETTLE = 1.0
 
 def parse_args(argv: list) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--held", default="500,2000,4000",
-                        help="comma-separated numbers of idle connections to hold")
+    parser.add_argument(
+        "--held",
+        default="500,2000,4000",
+        help="comma-separated numbers of idle connections to hold",
+    )
     parser.add_argument("--workers", type=int, default=4, help="pool size for --held")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--closes", type=int, default=1000, help="connections per system for close")
@@ -66,8 +70,9 @@ class Server:
     def __init__(self, workdir: str, *args: object) -> None:
         argv = [sys.executable, "-m", "geventfork", SERVER, *map(str, args)]
         name = "-".join(map(str, args))
-        self.group = ProcessGroup(argv, os.path.join(workdir, f"{name}.out"),
-                                  os.path.join(workdir, f"{name}.err"))
+        self.group = ProcessGroup(
+            argv, os.path.join(workdir, f"{name}.out"), os.path.join(workdir, f"{name}.err")
+        )
         self.port = self.wait_for("port")
 
     def wait_for(self, key: str, timeout: float = STARTUP) -> object:
@@ -126,8 +131,12 @@ def measure_close(workdir: str, system: str, count: int) -> dict:
     finally:
         server.stop()
     gaps.sort()
-    return {"system": system, "median_ms": statistics.median(gaps),
-            "p90_ms": gaps[int(0.9 * len(gaps))], "p99_ms": gaps[int(0.99 * len(gaps))]}
+    return {
+        "system": system,
+        "median_ms": statistics.median(gaps),
+        "p90_ms": gaps[int(0.9 * len(gaps))],
+        "p99_ms": gaps[int(0.99 * len(gaps))],
+    }
 
 
 def importable() -> None:
@@ -150,24 +159,35 @@ def main(argv: list) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="pool-bench-") as workdir:
             if "idle" in args.sections:
-                print(f"| held connections | parent CPU (% of a core, {args.idle:g} s idle) "
-                      "| parent fds |\n| ---: | ---: | ---: |")
+                print(
+                    f"| held connections | parent CPU (% of a core, {args.idle:g} s idle) "
+                    "| parent fds |\n| ---: | ---: | ---: |"
+                )
                 for held in args.held:
                     print(f"idle: {held} connections...", file=sys.stderr)
                     row = measure_idle(workdir, held, args.workers, args.idle)
-                    print(f"| {row['held']} | {row['cpu_percent']:.2f} | {row['parent_fds']} |",
-                          flush=True)
+                    print(
+                        f"| {row['held']} | {row['cpu_percent']:.2f} | {row['parent_fds']} |",
+                        flush=True,
+                    )
             if "close" in args.sections:
-                print("\n| worker closes its socket | reply to EOF median (ms) | p90 | p99 |\n"
-                      "| --- | ---: | ---: | ---: |")
+                print(
+                    "\n| worker closes its socket | reply to EOF median (ms) | p90 | p99 |\n"
+                    "| --- | ---: | ---: | ---: |"
+                )
                 rows = []
                 for system in ("fork", "pool"):
                     print(f"close: {system}...", file=sys.stderr)
                     rows.append(measure_close(workdir, system, args.closes))
                     row = rows[-1]
-                    print(f"| {system} | {row['median_ms']:.3f} | {row['p90_ms']:.3f} "
-                          f"| {row['p99_ms']:.3f} |", flush=True)
-                print(f"\npool - fork, median: {rows[1]['median_ms'] - rows[0]['median_ms']:.3f} ms")
+                    print(
+                        f"| {system} | {row['median_ms']:.3f} | {row['p90_ms']:.3f} "
+                        f"| {row['p99_ms']:.3f} |",
+                        flush=True,
+                    )
+                print(
+                    f"\npool - fork, median: {rows[1]['median_ms'] - rows[0]['median_ms']:.3f} ms"
+                )
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:

@@ -10,6 +10,7 @@ of the performance issue. Progress goes to stderr, the table to stdout.
 Exits 1 if a system failed to run (a missed target is not a failure), 2 if
 the harness could not start, 130 on Ctrl-C. See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,29 +28,50 @@ from collections import defaultdict
 from _process_group import stop_all
 from _report import table
 from _systems import (
-    HANDOFF, IPC, ROOT, BenchError, Settings, build_loadgen, measure_handoff, measure_ipc,
+    HANDOFF,
+    IPC,
+    ROOT,
+    BenchError,
+    Settings,
+    build_loadgen,
+    measure_handoff,
+    measure_ipc,
 )
 
 SECTIONS = ("silent", "request", "stream", "pingpong", "large", "cost")
-GROUPS = {"handoff": ("silent", "request"), "ipc": ("stream", "pingpong", "large"),
-          "all": SECTIONS}
+GROUPS = {"handoff": ("silent", "request"), "ipc": ("stream", "pingpong", "large"), "all": SECTIONS}
 SYSTEMS = ("node", "geventfork", "floor")
 MIN_ROUNDS = 3
 
 
 def parse_args(argv: list) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS,
-                        help=f"rounds to take the median of (at least {MIN_ROUNDS})")
-    parser.add_argument("--quick", action="store_true",
-                        help="about a quarter of the work per measurement")
-    parser.add_argument("--sections", default="all", help=(
-        f"comma-separated: {', '.join(SECTIONS)}, or the groups {', '.join(GROUPS)}"))
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help="comma-separated: node, geventfork, floor")
-    parser.add_argument("--nofile", type=int, default=Settings.nofile, help=(
-        "open-files limit (soft and hard) of the systems under test (default %(default)s, "
-        "the usual soft limit; 0 keeps this shell's)"))
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=MIN_ROUNDS,
+        help=f"rounds to take the median of (at least {MIN_ROUNDS})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="about a quarter of the work per measurement"
+    )
+    parser.add_argument(
+        "--sections",
+        default="all",
+        help=(f"comma-separated: {', '.join(SECTIONS)}, or the groups {', '.join(GROUPS)}"),
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated: node, geventfork, floor"
+    )
+    parser.add_argument(
+        "--nofile",
+        type=int,
+        default=Settings.nofile,
+        help=(
+            "open-files limit (soft and hard) of the systems under test (default %(default)s, "
+            "the usual soft limit; 0 keeps this shell's)"
+        ),
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every round's figures here")
     args = parser.parse_args(argv)
     if args.rounds < MIN_ROUNDS:
@@ -91,8 +113,10 @@ def _ipc_benches(sections: list, settings: Settings) -> list:
     if "pingpong" in sections:
         benches.append(("IPC ping-pong", ["pingpong", settings.pingpong]))
     if "large" in sections:
-        benches += [(f"IPC large {size >> 20} MiB", ["large", size, count])
-                    for size, count in settings.large]
+        benches += [
+            (f"IPC large {size >> 20} MiB", ["large", size, count])
+            for size, count in settings.large
+        ]
     if "cost" in sections:
         benches.append(("cost", ["cost", settings.cost]))
     return benches
@@ -126,15 +150,22 @@ def run_rounds(rounds: int, jobs: list) -> tuple:
 def _summary(figures: dict) -> str:
     """A short progress line for one measurement."""
     if "conn_per_s" in figures:
-        outcomes = ", ".join(f"{k} {figures[k]}" for k in ("reset", "empty", "hung", "connect_error"))
+        outcomes = ", ".join(
+            f"{k} {figures[k]}" for k in ("reset", "empty", "hung", "connect_error")
+        )
         died = f", server died:\n{figures['died_with']}" if figures["server_died"] else ""
         return f"{figures['conn_per_s']:.0f} conn/s ({outcomes}{died})"
-    for key, unit in (("msgs_per_s", "msgs/s"), ("round_trips_per_s", "round trips/s"),
-                      ("mb_per_s", "MB/s")):
+    for key, unit in (
+        ("msgs_per_s", "msgs/s"),
+        ("round_trips_per_s", "round trips/s"),
+        ("mb_per_s", "MB/s"),
+    ):
         if key in figures:
             return f"{figures[key]:.0f} {unit}"
-    return f"spawn {figures['spawn_ms']:.1f} ms, ready {figures['ready_ms']:.1f} ms, " \
-           f"RSS {figures['rss_mib']:.1f} MiB"
+    return (
+        f"spawn {figures['spawn_ms']:.1f} ms, ready {figures['ready_ms']:.1f} ms, "
+        f"RSS {figures['rss_mib']:.1f} MiB"
+    )
 
 
 def versions() -> str:
@@ -146,9 +177,11 @@ def versions() -> str:
     if commit and _output(["git", "-C", ROOT, "status", "--porcelain", "--", "geventfork"]):
         commit += " + uncommitted changes in geventfork/"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"Python {sys.version.split()[0]} ({sys.executable}), gevent {gevent.__version__}, "
-            f"Node {node}, geventfork {commit or 'unknown'}; "
-            f"{os.cpu_count()} CPUs, load average {load}")
+    return (
+        f"Python {sys.version.split()[0]} ({sys.executable}), gevent {gevent.__version__}, "
+        f"Node {node}, geventfork {commit or 'unknown'}; "
+        f"{os.cpu_count()} CPUs, load average {load}"
+    )
 
 
 def _output(cmd: list) -> str:
@@ -171,8 +204,11 @@ def main(argv: list) -> int:
     args = parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     settings.nofile = args.nofile
-    missing = [tool for tool in ("gcc", *(["node"] if "node" in args.systems else []))
-               if shutil.which(tool) is None]
+    missing = [
+        tool
+        for tool in ("gcc", *(["node"] if "node" in args.systems else []))
+        if shutil.which(tool) is None
+    ]
     if missing:
         say(f"not found on PATH: {', '.join(missing)}")
         return 2
@@ -199,22 +235,28 @@ def main(argv: list) -> int:
     return 1 if failures else 0
 
 
-def report(args: argparse.Namespace, settings: Settings, results: dict, failures: list,
-           elapsed: float) -> None:
+def report(
+    args: argparse.Namespace, settings: Settings, results: dict, failures: list, elapsed: float
+) -> None:
     """Print the versions, the table and the failures; write --json if asked."""
     print(versions())
-    print(f"{args.rounds} rounds{' (quick)' if args.quick else ''}, median of each figure "
-          f"(counts: total over the rounds); {settings.concurrency} clients, "
-          f"{settings.duration:g} s of load per hand-off measurement (after {settings.warmup:g} s "
-          f"of silent warm-up), open-files limit {settings.nofile or 'inherited'}\n")
+    print(
+        f"{args.rounds} rounds{' (quick)' if args.quick else ''}, median of each figure "
+        f"(counts: total over the rounds); {settings.concurrency} clients, "
+        f"{settings.duration:g} s of load per hand-off measurement (after {settings.warmup:g} s "
+        f"of silent warm-up), open-files limit {settings.nofile or 'inherited'}\n"
+    )
     print(table(results))
     for failure in failures:
         print(f"\nFAILED {failure}")
     print(f"\nrun took {elapsed:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({f"{section} / {system}": rounds
-                       for (section, system), rounds in results.items()}, f, indent=1)
+            json.dump(
+                {f"{section} / {system}": rounds for (section, system), rounds in results.items()},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

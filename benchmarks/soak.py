@@ -14,6 +14,7 @@ connection not answered in full. Exits 1 if one was not, or if an fd count
 did not come back. Asserts nothing else: figures move with the load of the
 machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,7 +111,10 @@ class Example:
         env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "geventfork", EXAMPLE, "0", SPECIAL_ADDRESS, "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             self.port = self._read_port()
@@ -213,15 +217,23 @@ def soak(connections: int, concurrency: int = 50, warmup: int = 2000) -> Result:
 
 def report(result: Result, out=sys.stdout) -> None:
     """Print the figures of ``result``."""
-    print(f"{'process':<8} {'fds start':>9} {'fds end':>8} {'RSS start':>10} "
-          f"{'RSS end':>9} {'growth':>9}", file=out)
+    print(
+        f"{'process':<8} {'fds start':>9} {'fds end':>8} {'RSS start':>10} "
+        f"{'RSS end':>9} {'growth':>9}",
+        file=out,
+    )
     for name, before in result.start.items():
         after = result.end[name]
-        print(f"{name:<8} {before.fds:>9} {after.fds:>8} {_mib(before.rss_kib):>10} "
-              f"{_mib(after.rss_kib):>9} {after.rss_kib - before.rss_kib:>+5} KiB",
-              file=out)
-    print(f"{result.connections} connections in {result.seconds:.1f} s: "
-          f"{result.rate:.0f} connections/s", file=out)
+        print(
+            f"{name:<8} {before.fds:>9} {after.fds:>8} {_mib(before.rss_kib):>10} "
+            f"{_mib(after.rss_kib):>9} {after.rss_kib - before.rss_kib:>+5} KiB",
+            file=out,
+        )
+    print(
+        f"{result.connections} connections in {result.seconds:.1f} s: "
+        f"{result.rate:.0f} connections/s",
+        file=out,
+    )
     if not result.settled:
         print(f"sockets still open {SETTLE_TIMEOUT:.0f} s after the load", file=out)
     print(f"not answered in full: {len(result.failures)}", file=out)
@@ -235,16 +247,29 @@ def _mib(kib: int) -> str:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", "-n", type=int, default=100_000,
-                        help="hand-offs to measure (default %(default)s)")
-    parser.add_argument("--concurrency", "-c", type=int, default=50,
-                        help="clients at a time (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2000,
-                        help="connections before the first measurement (default %(default)s)")
+    parser.add_argument(
+        "--connections",
+        "-n",
+        type=int,
+        default=100_000,
+        help="hand-offs to measure (default %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency", "-c", type=int, default=50, help="clients at a time (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2000,
+        help="connections before the first measurement (default %(default)s)",
+    )
     args = parser.parse_args(argv)
-    print(f"soak: {args.connections} hand-offs through examples/priority "
-          f"(parent + 2 workers), {args.concurrency} clients at a time, "
-          f"after {args.warmup} to warm up", flush=True)
+    print(
+        f"soak: {args.connections} hand-offs through examples/priority "
+        f"(parent + 2 workers), {args.concurrency} clients at a time, "
+        f"after {args.warmup} to warm up",
+        flush=True,
+    )
     result = soak(args.connections, args.concurrency, args.warmup)
     report(result)
     fds_back = all(result.start[name].fds == result.end[name].fds for name in result.start)

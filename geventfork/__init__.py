@@ -5,6 +5,7 @@ Node's ``child_process.fork`` / ``subprocess.send(message, socket)`` and
 geventfork`` imports this package before it patches with gevent, so importing
 it must not import gevent's networking.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -1,4 +1,5 @@
 """``python -m geventfork SCRIPT [ARGS...]``."""
+
 from ._main import main
 
 main()

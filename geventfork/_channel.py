@@ -6,6 +6,7 @@ The socket is the raw ``_socket.socket`` and the waits are our own io
 watchers, so that ``ref()``/``unref()`` decide whether the channel keeps the
 process alive, the way libuv handles do in Node.
 """
+
 from __future__ import annotations
 
 import _socket
@@ -300,8 +301,7 @@ class Channel:
         payload = self._codec.dumps(message)
         if len(payload) > self.max_size:
             raise SerializationError(
-                f"message of {len(payload)} bytes is over the channel's "
-                f"{self.max_size}-byte limit"
+                f"message of {len(payload)} bytes is over the channel's {self.max_size}-byte limit"
             )
         queued = self._backlog()
         if queued + len(payload) > self.max_queued:
@@ -327,7 +327,9 @@ class Channel:
             return self._send_frame(data, (), None, ident, now)
         self._handles_awaiting += 1
         data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
-        return self._send_frame(data, (out.fd,), None, ident, True)  # its fd needs a sendmsg of its own
+        return self._send_frame(
+            data, (out.fd,), None, ident, True
+        )  # its fd needs a sendmsg of its own
 
     def _new_ident(self) -> int:
         ident = self._next_ident
@@ -646,9 +648,7 @@ class Channel:
                 _platform.close_quietly(fd)
         return message, handle, _wire.ACK
 
-    def _rebuild(
-        self, frame: _wire.Frame, fds: List[int]
-    ) -> Tuple[Any, Optional[_handles.Handle]]:
+    def _rebuild(self, frame: _wire.Frame, fds: List[int]) -> Tuple[Any, Optional[_handles.Handle]]:
         """Decode a frame's message and rebuild its handle; ``(message, handle)``.
 
         The handle's fd leaves ``fds`` only once the handle owns it: whatever

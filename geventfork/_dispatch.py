@@ -19,6 +19,7 @@ reported to the emitter's ``on_listener_failed`` hook, so the emitter can end
 what the listener left behind; the hub then reports the error (with its
 traceback) unless the hook did.
 """
+
 from __future__ import annotations
 
 import sys
@@ -221,7 +222,6 @@ def submit(fn: Callable[..., object], *args: Any) -> None:
     ``loop.run_callback``.
     """
     _dispatcher().submit(fn, args)
-
 
 
 def submit_listener(

@@ -3,6 +3,7 @@
 The child's runner reads each and removes it, so that nothing the child
 starts inherits them (Node deletes ``NODE_CHANNEL_FD`` likewise).
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -4,6 +4,7 @@ Like Node's ``handleConversion`` table: each kind of handle has a number on the
 wire, a way to give up its fd for sending, a way to let go of the sender's copy
 once the receiver acknowledged it, and a way to rebuild it from a received fd.
 """
+
 from __future__ import annotations
 
 import _socket
@@ -70,8 +71,7 @@ def check(handle: object) -> None:
 
 def _invalid(handle: object) -> InvalidHandleTypeError:
     return InvalidHandleTypeError(
-        "handle must be a net.Socket, a net.Server or a socket, "
-        f"not {type(handle).__name__}"
+        f"handle must be a net.Socket, a net.Server or a socket, not {type(handle).__name__}"
     )
 
 

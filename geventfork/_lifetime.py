@@ -9,6 +9,7 @@ counted out of its server and ``on_done`` is called. What the collector
 finds unclosed is closed gracefully, by loop watchers that hold no
 ``net.Socket``.
 """
+
 from __future__ import annotations
 
 import _socket
@@ -20,9 +21,20 @@ import gevent
 from gevent import socket as gsocket
 
 __all__ = [
-    "Accepted", "ConnectionSocket", "Lifetime", "ServerHooks", "END_LINGER", "READ_SIZE",
-    "DONTWAIT", "FAMILIES", "HostPort", "close_later", "discard_unread", "gevent_socket",
-    "host_port", "report_done",
+    "Accepted",
+    "ConnectionSocket",
+    "Lifetime",
+    "ServerHooks",
+    "END_LINGER",
+    "READ_SIZE",
+    "DONTWAIT",
+    "FAMILIES",
+    "HostPort",
+    "close_later",
+    "discard_unread",
+    "gevent_socket",
+    "host_port",
+    "report_done",
 ]
 
 log = logging.getLogger("geventfork.net")

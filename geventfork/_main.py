@@ -7,6 +7,7 @@ until gevent has imported the standard modules it patches: a ``subprocess.py``
 next to the script (as in Node's own example) would otherwise stand in for
 the standard ``subprocess`` inside gevent.
 """
+
 from __future__ import annotations
 
 import os
@@ -116,7 +117,9 @@ def _parse(args: List[str]) -> Tuple[str, List[str]]:
 
 
 def _help() -> str:
-    commands = "\n".join(f"  {line}" for line in ["SCRIPT [ARGS...]       run SCRIPT", *COMMANDS.values()])
+    commands = "\n".join(
+        f"  {line}" for line in ["SCRIPT [ARGS...]       run SCRIPT", *COMMANDS.values()]
+    )
     return USAGE + "\n" + HELP.format(commands=commands)
 
 
@@ -140,7 +143,10 @@ def _check_file(script: str) -> str:
     """Exit with one line, as ``python`` does, unless ``script`` can be run."""
     path = os.path.abspath(script)
     if not os.path.exists(path):
-        _exit_with(f"geventfork: can't open file {path!r}: [Errno 2] No such file or directory\n", USAGE_ERROR)
+        _exit_with(
+            f"geventfork: can't open file {path!r}: [Errno 2] No such file or directory\n",
+            USAGE_ERROR,
+        )
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "__main__.py")):
         _exit_with(f"geventfork: can't find '__main__' module in {path!r}\n", USAGE_ERROR)
     return script
@@ -288,8 +294,12 @@ def _run_module_as_main(name: str) -> None:
     sys.argv[0] = spec.origin or name
     code = spec.loader.get_code(spec.name)  # type: ignore[attr-defined]
     _exec_as_main(
-        code, __file__=spec.origin, __spec__=spec, __loader__=spec.loader,
-        __package__=spec.parent, __cached__=spec.cached,
+        code,
+        __file__=spec.origin,
+        __spec__=spec,
+        __loader__=spec.loader,
+        __package__=spec.parent,
+        __cached__=spec.cached,
     )
 
 
@@ -323,7 +333,9 @@ def _print_script_error(exc: BaseException) -> None:
 def _is_runner_frame(filename: str) -> bool:
     import runpy
 
-    return filename in (__file__, runpy.__file__) or filename.startswith(("<frozen importlib", "<frozen runpy"))
+    return filename in (__file__, runpy.__file__) or filename.startswith(
+        ("<frozen importlib", "<frozen runpy")
+    )
 
 
 def _is_zip(path: str) -> bool:

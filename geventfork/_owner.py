@@ -6,6 +6,7 @@ on a channel already known to be closed is a ``ChannelClosedError``, raised
 at once, before anything is queued. A channel that closes after ``send()``
 returned reports through the callback, or ``'error'``.
 """
+
 from __future__ import annotations
 
 import logging

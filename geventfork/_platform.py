@@ -1,4 +1,5 @@
 """Linux/macOS differences, feature-detected, in one place."""
+
 from __future__ import annotations
 
 import fcntl
@@ -12,14 +13,17 @@ from typing import Iterable, List, Optional, Tuple
 from ._wire import MAX_FDS
 
 __all__ = [
-    "RECV_FLAGS", "anc_buffer_size", "fds_from_ancillary", "set_cloexec",
-    "tcp_progress", "running",
+    "RECV_FLAGS",
+    "anc_buffer_size",
+    "fds_from_ancillary",
+    "set_cloexec",
+    "tcp_progress",
+    "running",
 ]
 
 #: Received fds are close-on-exec atomically where the kernel can do it
 #: (Linux). Elsewhere ``fds_from_ancillary`` sets the flag on each one.
 RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-
 
 
 def anc_buffer_size(nfds: int = MAX_FDS) -> int:

@@ -11,6 +11,7 @@ Run as a module, this file is the workers' entry point: it runs the user's
 script, tells the pool when the script is ready or retires, and bounds how
 long a worker outlives its channel.
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,8 +95,18 @@ RETIRING = {"cmd": _CMD, "state": "retiring"}
 class _Job:
     """One ``Pool.send()``, until it is delivered for good or fails."""
 
-    __slots__ = ("message", "handle", "options", "callback", "baseline", "worker",
-                 "reported", "done", "refused_by", "lost")
+    __slots__ = (
+        "message",
+        "handle",
+        "options",
+        "callback",
+        "baseline",
+        "worker",
+        "reported",
+        "done",
+        "refused_by",
+        "lost",
+    )
 
     def __init__(
         self,
@@ -131,8 +142,19 @@ class _Job:
 class _Worker:
     """A worker and what the pool has sent it."""
 
-    __slots__ = ("child", "slot", "started", "ready", "retiring", "exited", "sending",
-                 "serving", "stderr", "reader", "timer")
+    __slots__ = (
+        "child",
+        "slot",
+        "started",
+        "ready",
+        "retiring",
+        "exited",
+        "sending",
+        "serving",
+        "stderr",
+        "reader",
+        "timer",
+    )
 
     def __init__(self, child: ChildProcess, slot: int) -> None:
         self.child = child
@@ -449,13 +471,14 @@ class Pool(EventEmitter):
     def _connected(self) -> List[_Worker]:
         """The workers a send may go to: connected, neither exited nor retiring."""
         return [
-            worker for worker in self._live
+            worker
+            for worker in self._live
             if not worker.retiring and not worker.exited and worker.channel_open()
         ]
 
     def _pick(self, workers: List[_Worker]) -> _Worker:
         self._turn = (self._turn + 1) % len(workers)
-        ordered = workers[self._turn:] + workers[: self._turn]
+        ordered = workers[self._turn :] + workers[: self._turn]
         if self.strategy == "least_busy":
             return min(ordered, key=lambda worker: worker.load)
         return ordered[0]
@@ -491,8 +514,11 @@ class Pool(EventEmitter):
         try:
             # Cast: _connected() returned workers whose channel is open.
             return cast(Channel, worker.child.channel).send(
-                job.message, job.handle, options,
-                lambda err: self._answered(worker, job, err), **extra,
+                job.message,
+                job.handle,
+                options,
+                lambda err: self._answered(worker, job, err),
+                **extra,
             )
         except BaseException:
             worker.sending.discard(job)

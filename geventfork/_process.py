@@ -1,4 +1,5 @@
 """The child's end: ``geventfork.process``, like Node's ``process`` object."""
+
 from __future__ import annotations
 
 import os

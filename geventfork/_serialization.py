@@ -1,4 +1,5 @@
 """Message codecs: JSON (the default, as in Node) and pickle, one interface."""
+
 from __future__ import annotations
 
 import json
@@ -151,9 +152,7 @@ def by_name(name: str) -> Codec:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ValueError(
-            f"serialization must be one of {sorted(_BY_NAME)}, not {name!r}"
-        ) from None
+        raise ValueError(f"serialization must be one of {sorted(_BY_NAME)}, not {name!r}") from None
 
 
 def by_id(ident: int) -> Codec:

@@ -1,4 +1,5 @@
 """``net.Server``: a listening TCP server with Node's events, on ``StreamServer``."""
+
 from __future__ import annotations
 
 import socket as _stdlib_socket
@@ -185,8 +186,9 @@ class Server(EventEmitter):
             self._drop(sock, address)
             return
         self._open += 1
-        conn = Socket(sock, server=self, paused=self.pause_on_connect,
-                      allow_half_open=self.allow_half_open)
+        conn = Socket(
+            sock, server=self, paused=self.pause_on_connect, allow_half_open=self.allow_half_open
+        )
         self.emit("connection", conn)
 
     def _drop(self, accepted: Accepted, address: Any) -> None:
@@ -195,8 +197,14 @@ class Server(EventEmitter):
         remote = host_port(address)
         family = FAMILIES.get(sock.family)
         sock.close()
-        info = {"local_address": local[0], "local_port": local[1], "local_family": family,
-                "remote_address": remote[0], "remote_port": remote[1], "remote_family": family}
+        info = {
+            "local_address": local[0],
+            "local_port": local[1],
+            "local_family": family,
+            "remote_address": remote[0],
+            "remote_port": remote[1],
+            "remote_family": family,
+        }
         submit(self.emit, "drop", info)
 
     def on_connection_closed(self) -> None:

@@ -1,4 +1,5 @@
 """``net.Socket``: a connected stream with Node's events, on a gevent socket."""
+
 from __future__ import annotations
 
 import codecs
@@ -531,15 +532,21 @@ class Socket(EventEmitter):
     def set_no_delay(self, flag: bool = True) -> Socket:
         """Disable (or re-enable) Nagle's algorithm on a TCP socket."""
         if self._sock.family in FAMILIES:
-            self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag))
+            self._raw_socket.setsockopt(
+                _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, int(flag)
+            )
         return self
 
     def set_keep_alive(self, flag: bool = True, initial_delay: float = 0) -> Socket:
         """Turn TCP keep-alive on or off; ``initial_delay`` in seconds."""
-        self._raw_socket.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag))
+        self._raw_socket.setsockopt(
+            _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, int(flag)
+        )
         idle = getattr(_stdlib_socket, "TCP_KEEPIDLE", None)
         if flag and initial_delay and idle is not None:
-            self._raw_socket.setsockopt(_stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay)))
+            self._raw_socket.setsockopt(
+                _stdlib_socket.IPPROTO_TCP, idle, max(1, int(initial_delay))
+            )
         return self
 
     def tcp_progress(self) -> Optional[Tuple[bool, int, int]]:

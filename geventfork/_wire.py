@@ -38,6 +38,7 @@ Rules that govern changes to the format:
 * New kinds, codecs and handle types get new numbers; numbers are never
   reused. ``codec``, ``handle`` and ``flags`` mean nothing to this module.
 """
+
 from __future__ import annotations
 
 import os
@@ -151,7 +152,12 @@ def encode(frame: Frame) -> Tuple[bytes, List[int]]:
         raise ValueError("a MESSAGE with fds needs a non-zero ident")
     try:
         header = HEADER.pack(
-            len(frame.payload), frame.kind, frame.codec, frame.handle, frame.flags, nfds,
+            len(frame.payload),
+            frame.kind,
+            frame.codec,
+            frame.handle,
+            frame.flags,
+            nfds,
             frame.ident,
         )
     except struct.error as exc:

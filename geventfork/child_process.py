@@ -1,4 +1,5 @@
 """``fork()`` and ``ChildProcess``: Node's ``child_process.fork``, on gevent."""
+
 from __future__ import annotations
 
 import errno
@@ -172,7 +173,10 @@ class ChildProcess(ChannelOwner):
         self._set_ref(False)
 
     def __repr__(self) -> str:
-        return f"<ChildProcess pid={self.pid} exit_code={self.exit_code} signal_code={self.signal_code}>"
+        return (
+            f"<ChildProcess pid={self.pid} exit_code={self.exit_code} "
+            f"signal_code={self.signal_code}>"
+        )
 
     # -- spawning and exit ------------------------------------------------
 
@@ -205,8 +209,13 @@ class ChildProcess(ChannelOwner):
         try:
             with _sigint_blocked():
                 self._popen = subprocess.Popen(
-                    args, pass_fds=(theirs.fileno(),), cwd=cwd, env=env,
-                    stdin=stdin, stdout=stdout, stderr=stderr,
+                    args,
+                    pass_fds=(theirs.fileno(),),
+                    cwd=cwd,
+                    env=env,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
                 )
         except OSError as exc:
             ours.close()
@@ -216,7 +225,9 @@ class ChildProcess(ChannelOwner):
             theirs.close()
         self.pid = self._popen.pid
         self.stdin, self.stdout, self.stderr = (
-            self._popen.stdin, self._popen.stdout, self._popen.stderr,
+            self._popen.stdin,
+            self._popen.stdout,
+            self._popen.stderr,
         )
         submit(self.emit, "spawn")
         self.channel = Channel(ours, self, codec, max_size, max_queued=max_queued)
@@ -352,8 +363,15 @@ def fork(
     _make_importable(child_env)
     argv = [exec_path or sys.executable, *exec_argv, "-m", "geventfork", script]
     return ChildProcess(
-        argv + [str(a) for a in args], child_env, cwd, streams, codec, max_message_size,
-        max_queued, timeout, kill_signal,
+        argv + [str(a) for a in args],
+        child_env,
+        cwd,
+        streams,
+        codec,
+        max_message_size,
+        max_queued,
+        timeout,
+        kill_signal,
     )
 
 
@@ -398,7 +416,9 @@ def signal_number(sig: SignalLike) -> int:
             raise ValueError(f"unknown signal {sig!r}")
         return int(number)
     if isinstance(sig, bool) or not isinstance(sig, int):
-        raise TypeError(f"a signal is a number or a name such as 'SIGKILL', not {type(sig).__name__}")
+        raise TypeError(
+            f"a signal is a number or a name such as 'SIGKILL', not {type(sig).__name__}"
+        )
     if sig != 0 and sig not in _signal.valid_signals():
         raise ValueError(f"unknown signal {sig}")
     return int(sig)

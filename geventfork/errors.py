@@ -1,4 +1,5 @@
 """Every error geventfork raises, under one base, each with Node's error code."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """``EventEmitter``: Node's event API, with blocking-friendly dispatch."""
+
 from __future__ import annotations
 
 import logging
@@ -145,11 +146,12 @@ class EventEmitter:
         that can be abandoned (a ``net.Socket`` not sent on nor destroyed:
         see ``Socket.on_abandoned``), so that no connection is left without
         an owner, unless ``event`` has other listeners, which may still be
-        using it (the garbage collector then ends what nobody keeps). A ``GeventforkError`` (the channel closed under a send,
-        a handle ``send`` refused, ...) is then logged as one warning line
-        naming the listener's line, since its traceback would show only the
-        library's internals; any other exception is left to the hub, which
-        prints its traceback.
+        using it (the garbage collector then ends what nobody keeps). A
+        ``GeventforkError`` (the channel closed under a send, a handle
+        ``send`` refused, ...) is then logged as one warning line naming the
+        listener's line, since its traceback would show only the library's
+        internals; any other exception is left to the hub, which prints its
+        traceback.
 
         Args:
             event: the event, e.g. ``'connection'`` or ``'message'``.
@@ -168,8 +170,9 @@ class EventEmitter:
                     abandoned(arg)
         if not isinstance(exc, GeventforkError):
             return False
-        log.warning("%r listener %s failed: %s: %s",
-                    event, _where(listener, exc), type(exc).__name__, exc)
+        log.warning(
+            "%r listener %s failed: %s: %s", event, _where(listener, exc), type(exc).__name__, exc
+        )
         return True
 
 

@@ -1,4 +1,5 @@
 """``geventfork.net``: Node's ``net.Server`` and ``net.Socket`` on gevent."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -19,8 +20,9 @@ def create_server(
     allow_half_open: bool = False,
 ) -> Server:
     """A new ``Server``; ``connection_listener`` is added for ``'connection'``."""
-    return Server(connection_listener, pause_on_connect=pause_on_connect,
-                  allow_half_open=allow_half_open)
+    return Server(
+        connection_listener, pause_on_connect=pause_on_connect, allow_half_open=allow_half_open
+    )
 
 
 def connect(

@@ -19,6 +19,7 @@ Teardown runs in this order: ``children``/``popen`` stop their processes,
 then the child-process check, then the fd check.  Each registry requests the
 check that must run after it, and pytest tears fixtures down in reverse.
 """
+
 from gevent import monkey
 
 monkey.patch_all()

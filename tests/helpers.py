@@ -2,6 +2,7 @@
 
 Each helper has one home here; a test module defines only what is its own.
 """
+
 from __future__ import annotations
 
 import os
@@ -112,8 +113,9 @@ def items_in(queue):
 
 
 @contextmanager
-def hub_errors(on_error: Optional[Callable[[BaseException], Any]] = None,
-               show: bool = False) -> Iterator[list]:
+def hub_errors(
+    on_error: Optional[Callable[[BaseException], Any]] = None, show: bool = False
+) -> Iterator[list]:
     """Record the errors this process's hub is given while the block runs.
 
     A raising listener or greenlet ends up in ``hub.handle_error``, which
@@ -245,7 +247,7 @@ def proc_stat(pid):
             stat = f.read()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ")"
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
 
 
 def children_of(pid=None):

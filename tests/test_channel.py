@@ -7,6 +7,7 @@ sockets passed over SCM_RIGHTS, and each test proves a received handle is the
 very endpoint that was sent by doing I/O through it. The conftest fails any
 test that leaves an fd open, which is how "closed, never leaked" is checked.
 """
+
 from __future__ import annotations
 
 import _socket
@@ -630,8 +631,9 @@ def _connected_pair(family: int) -> tuple:
         return listener.accept()[0], client
 
 
-@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX],
-                         ids=["tcp4", "tcp6", "unix"])
+@pytest.mark.parametrize(
+    "family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX], ids=["tcp4", "tcp6", "unix"]
+)
 def test_a_net_socket_arrives_with_its_family(pair, opened, family: int) -> None:
     # TCP sockets say their family on the wire (the receiver skips asking the
     # kernel); any other stream is asked. Either way the socket works.
@@ -1424,8 +1426,12 @@ def test_a_flooding_child_does_not_starve_the_parents_other_greenlets(spawn_chil
     wait_until(lambda: len(received) > 10_000, "the flood to start")
     ticker = gevent.spawn(tick)
     pinger = subprocess.Popen(
-        [sys.executable, os.path.join(CHILDREN_DIR, "pinger.py"),
-         str(server.address()["port"]), "300"],
+        [
+            sys.executable,
+            os.path.join(CHILDREN_DIR, "pinger.py"),
+            str(server.address()["port"]),
+            "300",
+        ],
         stdout=subprocess.PIPE,
     )
     popen.append(pinger)

@@ -4,6 +4,7 @@ Each test forks one or two scripts from ``tests/children/`` (through the
 ``spawn_child`` fixture, which stops them at teardown) and waits on events,
 each wait bounded.
 """
+
 import datetime
 import os
 import signal
@@ -42,12 +43,27 @@ from helpers import (
 # -- messages -------------------------------------------------------------
 
 JSON_MESSAGES = [
-    None, True, 0, -1.5, 2**62, "", "héllo ✓", [], {}, [1, "two", None],
+    None,
+    True,
+    0,
+    -1.5,
+    2**62,
+    "",
+    "héllo ✓",
+    [],
+    {},
+    [1, "two", None],
     {"nested": {"list": [1, 2, {"deep": True}]}, "unicode": "日本"},
 ]
 PICKLE_MESSAGES = [
-    None, b"\x00\xffbytes", (1, 2), {1, 2, 3}, frozenset("ab"), 3 + 4j,
-    datetime.datetime(2024, 1, 2, 3, 4, 5), {"tuple_key": (1, "a")},
+    None,
+    b"\x00\xffbytes",
+    (1, 2),
+    {1, 2, 3},
+    frozenset("ab"),
+    3 + 4j,
+    datetime.datetime(2024, 1, 2, 3, 4, 5),
+    {"tuple_key": (1, "a")},
 ]
 
 
@@ -117,20 +133,25 @@ def test_send_a_socket_handle(spawn_child, keep_open):
             assert ours.recv(100) == b""  # the child's copy was the last one
 
 
-
 @pytest.mark.parametrize(
     "serialization, bad_sends",
     [
-        ("json", [
-            (object(), None, SerializationError, "ERR_IPC_SERIALIZATION"),
-            ({"set": {1}}, None, SerializationError, "ERR_IPC_SERIALIZATION"),
-            ("message", object(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
-        ]),
-        ("pickle", [
-            (lambda: None, None, SerializationError, "ERR_IPC_SERIALIZATION"),
-            ("message", 5, InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
-            ("message", closed_socket(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
-        ]),
+        (
+            "json",
+            [
+                (object(), None, SerializationError, "ERR_IPC_SERIALIZATION"),
+                ({"set": {1}}, None, SerializationError, "ERR_IPC_SERIALIZATION"),
+                ("message", object(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+            ],
+        ),
+        (
+            "pickle",
+            [
+                (lambda: None, None, SerializationError, "ERR_IPC_SERIALIZATION"),
+                ("message", 5, InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+                ("message", closed_socket(), InvalidHandleTypeError, "ERR_INVALID_HANDLE_TYPE"),
+            ],
+        ),
     ],
 )
 def test_send_raises_before_queueing(spawn_child, serialization, bad_sends):
@@ -306,7 +327,8 @@ def test_disconnect(spawn_child, side):
 def test_unref_lets_the_parent_exit(popen, calls, exits):
     parent = gevent.subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "fork_echo.py"), *calls],
-        stdout=subprocess.PIPE, env=python_env(),
+        stdout=subprocess.PIPE,
+        env=python_env(),
     )
     popen.append(parent)
     with gevent.Timeout(TIMEOUT):
@@ -453,7 +475,10 @@ def test_fork_of_a_missing_file_raises_at_once(tmp_path, monkeypatch, cwd):
     tried = tmp_path / "elsewhere" / "nope.py" if cwd else tmp_path / "nope.py"
     assert info.value.filename == str(tried)
     where = f"cwd={str(tmp_path / 'elsewhere')!r}" if cwd else "the current directory"
-    assert str(info.value) == f"[Errno 2] cannot fork: no such file ('nope.py' taken from {where}): '{tried}'"
+    assert (
+        str(info.value)
+        == f"[Errno 2] cannot fork: no such file ('nope.py' taken from {where}): '{tried}'"
+    )
     assert set(children_of()) == before  # no process started
 
 

@@ -22,6 +22,7 @@ the process quietly); once the script runs, Python's handler is back and
 gevent catches SIGCHLD as soon as the script forks: that is how the test
 knows it missed the phase, and starts again.
 """
+
 import os
 import signal
 import subprocess
@@ -44,7 +45,9 @@ def handlers(pid):
             for line in f:
                 if line.startswith("SigCgt:"):
                     caught = int(line.split()[1], 16)
-                    return tuple(bool(caught & (1 << (sig - 1))) for sig in (signal.SIGINT, signal.SIGCHLD))
+                    return tuple(
+                        bool(caught & (1 << (sig - 1))) for sig in (signal.SIGINT, signal.SIGCHLD)
+                    )
     except OSError:
         pass
     return None
@@ -116,7 +119,9 @@ def test_ctrl_c_at_any_moment(popen, moment):
 def start_parent(popen):
     parent = subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "ctrl_c_parent.py")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=python_env(),
         start_new_session=True,  # a process group of its own, as a shell gives a job
     )
     popen.append(parent)

@@ -8,6 +8,7 @@ tells the emitter's ``on_listener_failed`` hook about a listener that raised.
 What the tests look at is what a job sees: the order jobs run in, the
 greenlet each runs in (``gevent.getcurrent()``), and what the hub is told.
 """
+
 from __future__ import annotations
 
 import gevent
@@ -116,8 +117,10 @@ def test_idle_runners_are_reused_up_to_max_idle() -> None:
     first_gate, second_gate = Event(), Event()
     first = _blocked_runners(count, first_gate)
     first_gate.set()
-    wait_until(lambda: sum(not runner.dead for runner in first) == MAX_IDLE,
-               f"all but {MAX_IDLE} runners to end once idle")
+    wait_until(
+        lambda: sum(not runner.dead for runner in first) == MAX_IDLE,
+        f"all but {MAX_IDLE} runners to end once idle",
+    )
     second = _blocked_runners(count, second_gate)
     second_gate.set()
     assert len(second & first) == MAX_IDLE  # the kept ones, reused
@@ -164,4 +167,6 @@ def test_a_hook_that_raises_is_reported_not_raised() -> None:
         submit(ran.append, "after")
         wait_until(lambda: ran, "the next job to run")
     assert [repr(error) for error in reported] == [
-        "KeyError('hook failed')", "ValueError('listener failed')"]
+        "KeyError('hook failed')",
+        "ValueError('listener failed')",
+    ]

@@ -4,6 +4,7 @@
 own, started in arrival order; every other event calls its listeners in the
 emitting greenlet. An ``'error'`` nobody listens for raises.
 """
+
 from __future__ import annotations
 
 import logging
@@ -291,7 +292,11 @@ def test_an_exception_in_a_listener_is_reported_and_later_ones_still_run(event: 
             emitter.emit(event, n)
         wait_until(lambda: len(seen) == 6, "every listener to run")
     assert seen == list(range(6))
-    assert [str(e) for e in reported] == ["listener 1 failed", "listener 3 failed", "listener 5 failed"]
+    assert [str(e) for e in reported] == [
+        "listener 1 failed",
+        "listener 3 failed",
+        "listener 5 failed",
+    ]
 
 
 @pytest.mark.parametrize("event", SPAWNED)

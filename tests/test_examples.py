@@ -6,6 +6,7 @@ complete and none reset, under a deadline; its whole process group is
 killed at the end.  The priority example's self-test (what tox's
 ``run-module`` env runs) must pass too.
 """
+
 import contextlib
 import os
 import re
@@ -31,7 +32,11 @@ SPECIAL_ADDRESS = "127.0.0.2"
 def _start(popen, script, *args, **options):
     proc = subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(EXAMPLES, script), *args],
-        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, start_new_session=True, **options,
+        cwd=ROOT,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        **options,
     )
     popen.append(proc)
     return proc
@@ -68,7 +73,9 @@ def example(popen):
 
 def drive(port, requests):
     """Send each ``(request, source)`` on a new connection; yield each reply."""
-    with gevent.Timeout(DEADLINE, AssertionError(f"{CONNECTIONS} connections took over {DEADLINE} s")):
+    with gevent.Timeout(
+        DEADLINE, AssertionError(f"{CONNECTIONS} connections took over {DEADLINE} s")
+    ):
         for i, (request, source) in enumerate(requests):
             try:
                 yield ask(port, request, source, total=None)  # DEADLINE bounds them all

@@ -6,6 +6,7 @@ group of its own, on port 0). Each failure must end its socket: every client
 gets an answer or a clean EOF within a bound, and the parent's fd count in
 ``/proc/PID/fd`` comes back to where it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,12 @@ def priority(popen):
     def start(nofile: int | None = None) -> tuple:
         proc = subprocess.Popen(
             [sys.executable, "-m", "geventfork", PARENT, "0", "127.0.0.2", "127.0.0.1"],
-            cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=limit_fds(nofile) if nofile else None,
+            cwd=ROOT,
+            env=python_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=limit_fds(nofile) if nofile else None,
         )
         popen.append(proc)
         started.append(proc)

@@ -7,6 +7,7 @@ parent -> child and child -> parent run the same code.  The test process
 plays the client of every handle (it connects, or sends datagrams, to the
 address the sender reports) and, for child -> parent, the receiver.
 """
+
 import importlib.util
 import os
 import signal
@@ -220,7 +221,10 @@ def test_child_sends_an_invalid_handle(spawn_child):
     child = spawn_child("handle_sender.py")
     messages = inbox(child, handles=True)
     child.send({"invalid": True})
-    assert receive(messages) == {"raised": "InvalidHandleTypeError", "code": "ERR_INVALID_HANDLE_TYPE"}
+    assert receive(messages) == {
+        "raised": "InvalidHandleTypeError",
+        "code": "ERR_INVALID_HANDLE_TYPE",
+    }
 
 
 # -- the sender's copy ----------------------------------------------------------

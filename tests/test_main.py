@@ -4,6 +4,7 @@ Each test runs a tiny script (written to ``tmp_path``, or one of
 ``tests/children/``) in a fresh interpreter, registered in ``popen``, and
 checks its output and exit status under a deadline.
 """
+
 import json
 import os
 import socket
@@ -20,8 +21,11 @@ from helpers import CHILDREN_DIR, TIMEOUT, python_env
 def start(popen, *argv, **options):
     """Start ``python ARGV`` with piped stdout and stderr, registered in ``popen``."""
     proc = gevent.subprocess.Popen(
-        [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=python_env(), **options,
+        [sys.executable, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=python_env(),
+        **options,
     )
     popen.append(proc)
     return proc
@@ -215,14 +219,19 @@ def test_the_script_sees_patched_modules(popen):
     code, out, err = run(popen, "-m", "geventfork", os.path.join(CHILDREN_DIR, "check_patched.py"))
     assert (code, err) == (0, "")  # no MonkeyPatchWarning about modules imported too early
     assert json.loads(out) == {
-        "socket": True, "threading": True, "select": True, "ssl": True,
-        "socket_class": True, "main_thread": True,
+        "socket": True,
+        "threading": True,
+        "select": True,
+        "ssl": True,
+        "socket_class": True,
+        "main_thread": True,
     }
 
 
 def test_import_geventfork_imports_neither_gevent_nor_socket(popen):
     code, out, err = run(
-        popen, "-c",
+        popen,
+        "-c",
         "import sys, geventfork; print('gevent' in sys.modules, 'socket' in sys.modules)",
     )
     assert (code, out, err) == (0, "False False\n", "")
@@ -240,8 +249,17 @@ def test_what_the_runner_imports_before_patching(popen):
     loaded = set(out.split())
     assert {"geventfork", "geventfork._main"} <= loaded
     patched = {
-        "socket", "ssl", "select", "selectors", "threading", "subprocess", "queue", "signal",
-        "time", "gevent", "greenlet",
+        "socket",
+        "ssl",
+        "select",
+        "selectors",
+        "threading",
+        "subprocess",
+        "queue",
+        "signal",
+        "time",
+        "gevent",
+        "greenlet",
     }
     assert not {name for name in loaded if name.split(".")[0] in patched}
 
@@ -261,7 +279,11 @@ def test_version_comes_from_the_package(popen):
     import geventfork
 
     for option in ("--version", "-V"):
-        assert run(popen, "-m", "geventfork", option) == (0, f"geventfork {geventfork.__version__}\n", "")
+        assert run(popen, "-m", "geventfork", option) == (
+            0,
+            f"geventfork {geventfork.__version__}\n",
+            "",
+        )
     with open(os.path.join(os.path.dirname(CHILDREN_DIR), "..", "setup.cfg")) as f:
         assert "version = attr: geventfork.__version__" in f.read()  # one source
 
@@ -274,7 +296,11 @@ def test_run_command_is_the_same_as_a_script(popen, tmp_path):
 
 def test_a_script_named_like_a_command_is_given_with_its_folder(popen, tmp_path):
     script(tmp_path, "print('the script named run')", name="run")
-    assert run(popen, "-m", "geventfork", "./run", cwd=str(tmp_path)) == (0, "the script named run\n", "")
+    assert run(popen, "-m", "geventfork", "./run", cwd=str(tmp_path)) == (
+        0,
+        "the script named run\n",
+        "",
+    )
     code, _, err = run(popen, "-m", "geventfork", "run", cwd=str(tmp_path))
     assert code == 2 and err.startswith("usage:") and "SCRIPT is missing" in err
 
@@ -302,12 +328,15 @@ def test_a_missing_script_or_module_is_one_line_and_status_2(popen, tmp_path, ta
 
 
 def test_a_scripts_traceback_starts_at_the_script(popen, tmp_path):
-    path = script(tmp_path, """\
+    path = script(
+        tmp_path,
+        """\
         def fail():
             raise ValueError("boom")
 
         fail()
-    """)
+    """,
+    )
     code, _, err = run(popen, "-m", "geventfork", path)
     _, _, plain = run(popen, path)
     assert code == 1
@@ -343,7 +372,8 @@ def test_a_syntax_error_is_shown_as_python_shows_it(popen, tmp_path):
     "source",
     [
         "import os\nr, w = os.pipe()\nos.close(r)\nos.close(w)\n",
-        "import os, socket\na, b = socket.socketpair()\nos.close(a.detach())\nos.close(b.detach())\n",
+        "import os, socket\na, b = socket.socketpair()\n"
+        "os.close(a.detach())\nos.close(b.detach())\n",
     ],
     ids=["pipe", "socketpair"],
 )
@@ -406,5 +436,7 @@ def test_the_scripts_folder_is_first_on_sys_path(popen, tmp_path):
     # As with `python script.py`: the script imports its neighbours.
     (tmp_path / "sub").mkdir()
     script(tmp_path, "VALUE = 42\n", name="sub/neighbour.py")
-    path = script(tmp_path, "import sys, neighbour\nprint(neighbour.VALUE, sys.path[0])", name="sub/main.py")
+    path = script(
+        tmp_path, "import sys, neighbour\nprint(neighbour.VALUE, sys.path[0])", name="sub/main.py"
+    )
     assert run(popen, "-m", "geventfork", path) == (0, f"42 {tmp_path / 'sub'}\n", "")

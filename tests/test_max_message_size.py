@@ -8,6 +8,7 @@ hand here, as a peer with a larger limit would) emits a ``ProtocolError``
 naming the limit and closes the channel; the other end sees a clean
 ``'disconnect'``.
 """
+
 import os
 import socket
 import struct
@@ -107,4 +108,3 @@ def test_max_message_size_must_fit_a_frame(children):
     for bad in (0, -1, 2**32):
         with pytest.raises(ValueError, match="max_message_size"):
             children.append(fork("unused.py", max_message_size=bad))
-

@@ -10,6 +10,7 @@ the worker is alive, serves the next client in full, holds the same fds as
 before, and has printed no traceback; and nothing reached the parent's hub
 as an error.
 """
+
 import socket
 
 import gevent
@@ -95,7 +96,8 @@ class Frontend:
         """The worker's fd table once it holds no client socket (its channel only)."""
         pid = self.worker.pid
         assert poll(lambda: sockets_held(pid) == 1, SETTLE), (
-            f"the worker still holds client sockets: {fd_table(pid)}")
+            f"the worker still holds client sockets: {fd_table(pid)}"
+        )
         return fd_table(pid)
 
     def assert_fds_back_to(self, baseline):
@@ -104,13 +106,15 @@ class Frontend:
             now = fd_table(pid)
             extra = {fd: t for fd, t in now.items() if baseline.get(fd) != t}
             gone = {fd: t for fd, t in baseline.items() if now.get(fd) != t}
-            pytest.fail(f"worker fds not back to baseline after {SETTLE} s: "
-                        f"extra {extra}, missing {gone}")
+            pytest.fail(
+                f"worker fds not back to baseline after {SETTLE} s: extra {extra}, missing {gone}"
+            )
 
     def stop_worker(self):
         """Disconnect the worker; it must exit 0. Returns its stderr."""
         assert self.worker.exit_code is None and self.worker.signal_code is None, (
-            f"the worker died: {self.worker!r}")
+            f"the worker died: {self.worker!r}"
+        )
         self.worker.disconnect()  # nothing else keeps it alive
         assert self.worker.wait(timeout=TIMEOUT) == 0
         with gevent.Timeout(TIMEOUT, AssertionError("the worker's stderr stayed open")):

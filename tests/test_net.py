@@ -4,6 +4,7 @@ The "Networking" part of CONTRACT.md, point by point, on real sockets bound
 to 127.0.0.1 port 0.  The clients are plain (patched) sockets, so that what
 they see is what the kernel delivered: a reply, a clean EOF or a reset.
 """
+
 import logging
 import socket
 
@@ -46,7 +47,7 @@ def listen():
 
 @pytest.fixture
 def connect():
-    """``connect(server_or_port, source="127.0.0.1")``: a client socket, closed when the test ends."""
+    """``connect(server_or_port, source="127.0.0.1")``: a client socket, closed at the end."""
     made = []
 
     def open_client(server, source="127.0.0.1"):

@@ -6,6 +6,7 @@ markers must give 3.9 the newest gevent with a 3.9 wheel (25.9.1) and leave
 newer Pythons uncapped. (Measured: `pip install .` into a fresh 3.9 venv
 takes seconds with the cap.)
 """
+
 import configparser
 import os
 
@@ -24,8 +25,12 @@ def install_requires(python_version):
     chosen = {}
     for line in lines:
         requirement = Requirement(line)
-        if requirement.marker is None or requirement.marker.evaluate({"python_version": python_version}):
-            assert requirement.name not in chosen, f"two requirements for {requirement.name} on {python_version}"
+        if requirement.marker is None or requirement.marker.evaluate(
+            {"python_version": python_version}
+        ):
+            assert requirement.name not in chosen, (
+                f"two requirements for {requirement.name} on {python_version}"
+            )
             chosen[requirement.name] = requirement.specifier
     return chosen
 

@@ -5,6 +5,7 @@ to a worker, to tell whether the worker did anything with it. These tests
 drive real TCP connections on 127.0.0.1 and check each part of
 ``(shut, consumed, written)`` against what was done to the socket.
 """
+
 from __future__ import annotations
 
 import socket
@@ -42,8 +43,9 @@ def wait_readable(sock: socket.socket, count: int) -> None:
     if count == 0:
         assert sock.recv(1, socket.MSG_PEEK) == b"", "expected the peer's EOF"
         return
-    wait_until(lambda: len(sock.recv(count, socket.MSG_PEEK)) == count,
-               f"{count} bytes from the peer")
+    wait_until(
+        lambda: len(sock.recv(count, socket.MSG_PEEK)) == count, f"{count} bytes from the peer"
+    )
 
 
 def test_an_untouched_connection_keeps_its_baseline() -> None:
@@ -81,11 +83,15 @@ def test_writing_grows_written() -> None:
         ours.sendall(b"abc")
         # Acknowledged or not, each byte counts once; wait out an ACK that
         # arrives between the two reads tcp_progress makes.
-        wait_until(lambda: tcp_progress(ours) == (shut, consumed, written + 3),
-                   "3 bytes counted as written")
+        wait_until(
+            lambda: tcp_progress(ours) == (shut, consumed, written + 3),
+            "3 bytes counted as written",
+        )
         assert peer.recv(3) == b"abc"
-        wait_until(lambda: tcp_progress(ours) == (shut, consumed, written + 3),
-                   "the count unchanged once the peer acknowledged")
+        wait_until(
+            lambda: tcp_progress(ours) == (shut, consumed, written + 3),
+            "the count unchanged once the peer acknowledged",
+        )
 
 
 def test_shutting_down_our_side_sets_shut() -> None:

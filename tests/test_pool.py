@@ -4,6 +4,7 @@ The pool runs in the test process for the tests of sending, and in a parent
 process of its own (``tests/children/pool_parent.py``) for the tests of
 shutting down, so that the parent can be sent SIGTERM or SIGKILL.
 """
+
 import contextlib
 import json
 import logging
@@ -47,7 +48,7 @@ KILL_INTERVAL = 1.0
 
 @pytest.fixture
 def pools(no_leaked_children):
-    """``pools(script, size, **options)``: a ``Pool`` of ``tests/children/script``, closed at the end."""
+    """``pools(script, size, **options)``: a ``Pool`` of ``tests/children/SCRIPT``, closed after."""
     started = []
 
     def start(script, size, **options):
@@ -174,8 +175,11 @@ def test_no_connection_is_lost_while_workers_are_killed(pools, server):
     print(f"{tally['opened']} connections, {kills} workers killed")
     assert lost == [], f"{len(lost)} of {tally['opened']} connections lost: {lost[:5]}"
     assert tally["answered"] == tally["opened"] > 0
-    wait_until(lambda: len([w for w in pool.workers if w.connected]) == pool.size,
-               "the pool back to full size", timeout=_pool.MAX_RESTART_DELAY + TIMEOUT)
+    wait_until(
+        lambda: len([w for w in pool.workers if w.connected]) == pool.size,
+        "the pool back to full size",
+        timeout=_pool.MAX_RESTART_DELAY + TIMEOUT,
+    )
 
 
 def client(port, stop, tally, lost):
@@ -228,7 +232,7 @@ def test_a_plain_message_a_killed_worker_never_read_goes_to_the_next(pools):
 
 
 def test_a_worker_that_only_closes_the_socket_ends_the_connection(pools, server):
-    """``conn.socket.close()`` in the worker: the pool's copy goes on its DONE, the client gets EOF."""
+    """``conn.socket.close()`` in the worker: the pool's copy goes on DONE; the client gets EOF."""
     pool = pools("pool_reply.py", 1)
     server.on("connection", lambda conn: pool.send("close", conn))
     port = server.address()["port"]
@@ -281,8 +285,10 @@ def test_a_crash_loop_is_reported_and_its_sends_end(pools, server, crash_flag):
     server.on("connection", lambda conn: pool.send("socket", conn))
     port = server.address()["port"]
     with contextlib.ExitStack() as stack:
-        waiting = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
-                   for _ in range(3)]
+        waiting = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+            for _ in range(3)
+        ]
         err = errors.get(timeout=4 * TIMEOUT)
         assert isinstance(err, WorkerStartupError)
         assert err.exit_code == 3 and err.signal_code is None
@@ -439,9 +445,16 @@ def test_a_failed_send_without_callback_ends_its_socket_and_is_reported_once(
 def start_parent(popen, size, close_timeout):
     """Start ``pool_parent.py``; return it and what it said: its port and workers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, "pool_parent.py"),
-         str(size), str(close_timeout)],
-        env=python_env(), stdout=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "geventfork",
+            os.path.join(CHILDREN_DIR, "pool_parent.py"),
+            str(size),
+            str(close_timeout),
+        ],
+        env=python_env(),
+        stdout=subprocess.PIPE,
     )
     popen.append(proc)
     with gevent.Timeout(TIMEOUT, AssertionError("the parent never said it was listening")):
@@ -493,5 +506,7 @@ def test_sigkill_leaves_no_worker_running(popen, orphans):
         proc.kill()
         assert proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
         for pid in hello["workers"]:
-            assert wait_gone(pid, timeout=close_timeout + TIMEOUT), f"worker {pid} outlived its parent"
+            assert wait_gone(pid, timeout=close_timeout + TIMEOUT), (
+                f"worker {pid} outlived its parent"
+            )
         assert read_to_eof(hung, timeout=None) == b""  # ended when its worker gave up

@@ -4,6 +4,7 @@ The scripts live in ``tests/children/``; each test forks one (``spawn_child``
 stops it at teardown) or runs a parent script under ``python -m geventfork``
 (registered in ``popen``). Every wait is bounded.
 """
+
 import os
 import signal
 import socket
@@ -34,7 +35,9 @@ def run_module(popen, script, *args):
     """Start ``python -m geventfork tests/children/SCRIPT ARGS`` with piped stdout/stderr."""
     proc = gevent.subprocess.Popen(
         [sys.executable, "-m", "geventfork", os.path.join(CHILDREN_DIR, script), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=python_env(),
     )
     popen.append(proc)
     return proc
@@ -89,8 +92,15 @@ def test_after_the_top_level_a_message_with_no_listener_is_dropped(spawn_child):
         (["unref", "message"], False),  # an explicit unref() wins over a later listener
         (["unref", "ref"], True),
     ],
-    ids=["nothing", "message-listener", "disconnect-listener", "channel.ref", "channel.unref",
-         "unref-then-listener", "unref-then-ref"],
+    ids=[
+        "nothing",
+        "message-listener",
+        "disconnect-listener",
+        "channel.ref",
+        "channel.unref",
+        "unref-then-listener",
+        "unref-then-ref",
+    ],
 )
 def test_what_keeps_a_connected_child_alive(spawn_child, actions, stays):
     child = spawn_child("keepalive.py", *actions)
@@ -151,8 +161,6 @@ def test_send_with_callback_as_the_top_level_returns(spawn_child):
     # Nothing listens in the child, yet the runner flushes all of it before exiting.
     assert take(replies, 3) == ["x" * (16 * MiB), False, "None"]
     assert child.wait(timeout=TIMEOUT) == 0
-
-
 
 
 def test_a_grandchild_does_not_inherit_the_channel(spawn_child, tmp_path):

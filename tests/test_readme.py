@@ -15,6 +15,7 @@ namespace with the normal client only (skipped if 1337 is taken), and
 ``examples/priority`` (the same code, the special address as an argument)
 runs from its own folder with both kinds of client.
 """
+
 import json
 import os
 import re
@@ -43,7 +44,9 @@ def quick_start_snippets():
         readme = f.read()
     blocks = re.findall(r"```python\n(# ([\w.]+\.py)\n.*?)```", readme, re.S)
     snippets = {name: source for source, name in blocks}
-    assert set(snippets) == {"parent.py", "subprocess.py"}, f"README code blocks: {sorted(snippets)}"
+    assert set(snippets) == {"parent.py", "subprocess.py"}, (
+        f"README code blocks: {sorted(snippets)}"
+    )
     return snippets
 
 
@@ -117,7 +120,10 @@ def test_quick_start_as_written_serves_both_kinds_of_client(popen, quick_start, 
     driver.write_text(DRIVER)
     proc = subprocess.Popen(
         ["unshare", "-rn", sys.executable, str(driver), str(quick_start), shutil.which("ip")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(), start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=python_env(),
+        start_new_session=True,
     )
     popen.append(proc)
     try:
@@ -155,8 +161,11 @@ def test_quick_start_as_written_serves_a_normal_client(popen, quick_start):
     if taken:
         pytest.skip(f"port 1337 is taken on this machine: {taken}")
     parent = gevent.subprocess.Popen(
-        [sys.executable, "-m", "geventfork", "parent.py"], cwd=str(quick_start),
-        stderr=subprocess.PIPE, env=python_env(), start_new_session=True,
+        [sys.executable, "-m", "geventfork", "parent.py"],
+        cwd=str(quick_start),
+        stderr=subprocess.PIPE,
+        env=python_env(),
+        start_new_session=True,
     )
     popen.append(parent)
     with gevent.Timeout(2 * TIMEOUT, AssertionError("parent.py never listened on 1337")):
@@ -186,8 +195,11 @@ def test_priority_example_from_its_own_folder(popen):
     # python -m geventfork parent.py 8123` failed inside patch_all().
     parent = gevent.subprocess.Popen(
         [sys.executable, "-m", "geventfork", "parent.py", "0", "127.0.0.2", "127.0.0.1"],
-        cwd=os.path.join(ROOT, "examples", "priority"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=python_env(), start_new_session=True,
+        cwd=os.path.join(ROOT, "examples", "priority"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=python_env(),
+        start_new_session=True,
     )
     popen.append(parent)
     with gevent.Timeout(2 * TIMEOUT, AssertionError("parent.py never said where it listens")):

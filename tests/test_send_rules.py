@@ -6,6 +6,7 @@ already known to be closed raises ``ChannelClosedError`` at once, whatever
 closed it: the child never started, it exited, ``disconnect()`` was called
 on either side, or there never was a channel.
 """
+
 import os
 import subprocess
 import sys
@@ -23,8 +24,14 @@ from helpers import CHILDREN_DIR, TIMEOUT, inbox, next_event, python_env, take
     "bad, message",
     [
         ({"callback": 5}, "send() callback must be callable or None, not int"),
-        ({"options": "keep_open"}, "send() options must be a mapping such as {'keep_open': True}, not str"),
-        ({"options": [("keep_open", True)]}, "send() options must be a mapping such as {'keep_open': True}, not list"),
+        (
+            {"options": "keep_open"},
+            "send() options must be a mapping such as {'keep_open': True}, not str",
+        ),
+        (
+            {"options": [("keep_open", True)]},
+            "send() options must be a mapping such as {'keep_open': True}, not list",
+        ),
     ],
     ids=["callback", "options-str", "options-list"],
 )
@@ -64,7 +71,9 @@ def test_after_the_child_exited(spawn_child):
     assert child.wait(timeout=TIMEOUT) == 3
     assert not child.connected  # even if its channel's EOF is not read yet
     called = []
-    with pytest.raises(ChannelClosedError, match=r"^cannot send: the child process exited \(with code 3\)$"):
+    with pytest.raises(
+        ChannelClosedError, match=r"^cannot send: the child process exited \(with code 3\)$"
+    ):
         child.send("too late", callback=called.append)
     gevent.sleep(0.05)
     assert called == []  # raised: the callback is never called as well
@@ -92,7 +101,9 @@ def test_after_the_child_disconnected(spawn_child):
     disconnected = next_event(child, "disconnect")
     child.send("disconnect")  # the child calls process.disconnect()
     disconnected.get(timeout=TIMEOUT)
-    with pytest.raises(ChannelClosedError, match="^cannot send: the IPC channel to the child is closed$"):
+    with pytest.raises(
+        ChannelClosedError, match="^cannot send: the IPC channel to the child is closed$"
+    ):
         child.send("too late")
     child.wait(timeout=TIMEOUT)
 
@@ -100,16 +111,16 @@ def test_after_the_child_disconnected(spawn_child):
 def test_the_childs_side(spawn_child):
     child = spawn_child("send_rules.py", silent=True)
     replies = inbox(child)
-    assert take(replies) == [[
-        "TypeError: send() callback must be callable or None, not int",
-        "TypeError: send() options must be a mapping such as {'keep_open': True}, not str",
-    ]]
+    assert take(replies) == [
+        [
+            "TypeError: send() callback must be callable or None, not int",
+            "TypeError: send() options must be a mapping such as {'keep_open': True}, not str",
+        ]
+    ]
     child.disconnect()
     assert child.wait(timeout=TIMEOUT) == 0  # its send on 'disconnect' raised
     with gevent.Timeout(TIMEOUT):
-        assert child.stdout.read() == (
-            b"cannot send: the IPC channel to the parent is closed\n"
-        )
+        assert child.stdout.read() == (b"cannot send: the IPC channel to the parent is closed\n")
 
 
 def test_a_process_without_a_channel(popen, tmp_path):
@@ -123,7 +134,9 @@ def test_a_process_without_a_channel(popen, tmp_path):
     )
     proc = gevent.subprocess.Popen(
         [sys.executable, "-m", "geventfork", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=python_env(),
     )
     popen.append(proc)
     out, err = proc.communicate(timeout=TIMEOUT)

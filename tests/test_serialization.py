@@ -5,6 +5,7 @@ message the codec cannot carry is the caller's mistake (``SerializationError``,
 a ``TypeError``); a payload that does not decode is the peer's
 (``ProtocolError``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,8 +110,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -125,9 +127,11 @@ def test_json_round_trips_any_json_value(message: object) -> None:
 @given(
     st.recursive(
         st.none() | st.integers() | st.binary() | st.text() | st.floats(allow_nan=False),
-        lambda children: st.lists(children, max_size=5).map(tuple)
-        | st.frozensets(st.integers() | st.text(max_size=4), max_size=5)
-        | st.dictionaries(st.integers() | st.text(max_size=4), children, max_size=5),
+        lambda children: (
+            st.lists(children, max_size=5).map(tuple)
+            | st.frozensets(st.integers() | st.text(max_size=4), max_size=5)
+            | st.dictionaries(st.integers() | st.text(max_size=4), children, max_size=5)
+        ),
         max_leaves=30,
     )
 )

@@ -4,6 +4,7 @@ The priority example (a parent and two forked workers) serves every
 connection in full, and afterwards each of its processes holds exactly as
 many fds as after the warm-up, with RSS grown by less than a generous bound.
 """
+
 import importlib.util
 import io
 import os
@@ -24,7 +25,8 @@ DEADLINE = 60
 
 def load_soak():
     spec = importlib.util.spec_from_file_location(
-        "soak", os.path.join(ROOT, "benchmarks", "soak.py"))
+        "soak", os.path.join(ROOT, "benchmarks", "soak.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,7 +44,9 @@ def test_short_soak_leaks_nothing():
         after = result.end[name]
         assert after.fds == before.fds, (
             f"{name} holds {after.fds} fds after {CONNECTIONS} hand-offs, "
-            f"{before.fds} before:\n{figures.getvalue()}")
+            f"{before.fds} before:\n{figures.getvalue()}"
+        )
         assert after.rss_kib - before.rss_kib < RSS_BOUND_KIB, (
             f"{name}'s RSS grew by over {RSS_BOUND_KIB // 1024} MiB in "
-            f"{CONNECTIONS} hand-offs:\n{figures.getvalue()}")
+            f"{CONNECTIONS} hand-offs:\n{figures.getvalue()}"
+        )

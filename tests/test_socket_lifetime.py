@@ -8,6 +8,7 @@ whichever way this process finishes with the connection. Real sockets on
 127.0.0.1, real processes; fds counted in ``/proc``; clients must see a
 clean EOF (a reset fails the test) within a bound.
 """
+
 import _socket
 import gc
 import logging

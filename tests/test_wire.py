@@ -1,4 +1,5 @@
 """Tests for the sans-IO wire core: bytes and fds in, frames out, no sockets."""
+
 from __future__ import annotations
 
 import errno
@@ -493,8 +494,17 @@ def test_data_after_eof_is_dropped_and_its_fds_closed(fds):
         Frame(MESSAGE, codec=256),
         Frame(MESSAGE, ident=-1),
     ],
-    ids=["too many fds", "ack payload", "nack payload", "ack fds", "kind 0", "kind 5",
-         "fds without ident", "codec out of range", "negative ident"],
+    ids=[
+        "too many fds",
+        "ack payload",
+        "nack payload",
+        "ack fds",
+        "kind 0",
+        "kind 5",
+        "fds without ident",
+        "codec out of range",
+        "negative ident",
+    ],
 )
 def test_encode_rejects(frame):
     with pytest.raises(ValueError):
@@ -630,9 +640,7 @@ def _message(payload: bytes, nfds: int, codec: int, handle: int, ident: int) -> 
     return Frame(MESSAGE, payload, tuple(range(nfds)), codec, handle, 0, ident or int(nfds > 0))
 
 
-fuzz_messages = st.builds(
-    _message, st.binary(max_size=FUZZ_LIMIT), st.integers(0, 3), u8, u8, u32
-)
+fuzz_messages = st.builds(_message, st.binary(max_size=FUZZ_LIMIT), st.integers(0, 3), u8, u8, u32)
 valid_pieces = (fuzz_messages | answers).map(
     lambda frame: Piece("frame", encode(frame)[0], len(frame.fds), frame)
 )

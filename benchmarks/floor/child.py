@@ -8,6 +8,7 @@ whatever it sent, so that unread request bytes never turn the close into a
 reset. No greenlet per connection: the lingering close is two hub watchers.
 Exits when the parent closes the socketpair.
 """
+
 import _socket
 import socket
 import sys
@@ -69,7 +70,8 @@ def receive_fds(channel, hub):
         for _ in range(BATCH):
             try:
                 data, ancdata, flags, _ = channel.recvmsg(
-                    4096, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                    4096, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                )
             except BlockingIOError:
                 break
             if flags & socket.MSG_CTRUNC:

@@ -10,6 +10,7 @@ two children over a socketpair, routed by client address as in the priority
 example (connections from SPECIAL_ADDRESS, default 74.125.127.100, go to the
 'special' child, the rest to 'normal'). Prints "listening on HOST:PORT".
 """
+
 import _socket
 import os
 import socket
@@ -26,8 +27,9 @@ CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 def start_child(name):
     """Start a child named ``name``; return our (non-blocking) end of its socketpair."""
     ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    subprocess.Popen([sys.executable, CHILD, name, str(theirs.fileno())],
-                     pass_fds=(theirs.fileno(),))
+    subprocess.Popen(
+        [sys.executable, CHILD, name, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+    )
     theirs.close()
     ours.setblocking(False)
     return ours

@@ -5,6 +5,7 @@ messages (and the characters of their 'data') and report ``{count, bytes}``
 after the Nth; 'pingpong' sends each message back; 'idle' only waits.
 Same as ``benchmarks/node/ipc_child.js``.
 """
+
 from geventfork import process
 
 mode = process.argv[2]

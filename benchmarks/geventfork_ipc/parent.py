@@ -13,6 +13,7 @@ JSON); keep the two in step:
                     and fork() -> the child's first message, and the idle
                     child's VmRSS (medians).
 """
+
 import json
 import os
 import re
@@ -90,8 +91,16 @@ def large(size, count):
     m = done.get()
     elapsed = time.perf_counter() - start
     ok = m["count"] == count and m["bytes"] == size * count
-    report({"bench": "large", "size": size, "count": m["count"], "ok": ok,
-            "elapsed_s": elapsed, "mb_per_s": size * count / elapsed / 1e6})
+    report(
+        {
+            "bench": "large",
+            "size": size,
+            "count": m["count"],
+            "ok": ok,
+            "elapsed_s": elapsed,
+            "mb_per_s": size * count / elapsed / 1e6,
+        }
+    )
     finish(child)
 
 
@@ -118,10 +127,16 @@ def cost_sample():
 
 def cost(k):
     samples = [cost_sample() for _ in range(k)]
-    report({"bench": "cost", "k": k, **{
-        name: statistics.median_low(s[name] for s in samples)
-        for name in ("spawn_ms", "ready_ms", "rss_kib")
-    }})
+    report(
+        {
+            "bench": "cost",
+            "k": k,
+            **{
+                name: statistics.median_low(s[name] for s in samples)
+                for name in ("spawn_ms", "ready_ms", "rss_kib")
+            },
+        }
+    )
 
 
 BENCHES = {"stream": stream, "pingpong": pingpong, "large": large, "cost": cost}

@@ -8,6 +8,7 @@ with MESSAGE ("hold" or "close"): through a ``Pool`` of WORKERS workers
 Prints ``{"port": PORT}`` once listening, and ``{"acknowledged": COUNT}``
 once COUNT connections were acknowledged by the workers.
 """
+
 import json
 import os
 import sys
@@ -29,7 +30,8 @@ def on_ack(err):
             print(json.dumps({"acknowledged": count}), flush=True)
 
 
-server = net.create_server(lambda conn: target.send(message, conn, callback=on_ack),
-                           pause_on_connect=True)
+server = net.create_server(
+    lambda conn: target.send(message, conn, callback=on_ack), pause_on_connect=True
+)
 server.listen(0, "127.0.0.1", backlog=4096)
 print(json.dumps({"port": server.address()["port"]}), flush=True)

@@ -5,6 +5,7 @@ connection waits for its next request (the clients never send one).
 "close" + a socket: read the request, write a reply and only close the gevent
 socket (``conn.socket.close()``), as ``gevent.pywsgi`` does.
 """
+
 from geventfork import process
 
 held = []

@@ -6,6 +6,7 @@ as code written for ``socketserver.ThreadingTCPServer`` would. Under
 ``python -m geventfork`` those blocking calls are cooperative, because the
 process is monkey-patched before this module is imported.
 """
+
 import os
 import socketserver
 

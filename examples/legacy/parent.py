@@ -11,6 +11,7 @@ one: a socket whose hand-off failed is still the parent's, unread.
 
 Try it: ``curl http://127.0.0.1:8080/`` a few times.
 """
+
 import itertools
 import os
 import sys
@@ -39,5 +40,8 @@ def hand_off(socket, tries=WORKERS):
 
 
 server.on("connection", hand_off)
-server.listen(port, "127.0.0.1", callback=lambda: print(
-    "listening on {address}:{port}".format(**server.address()), flush=True))
+server.listen(
+    port,
+    "127.0.0.1",
+    callback=lambda: print("listening on {address}:{port}".format(**server.address()), flush=True),
+)

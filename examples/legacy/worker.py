@@ -6,6 +6,7 @@ underneath (``socket.socket``) and the client's address, exactly as a
 ``socketserver`` server would call it, in the greenlet geventfork runs each
 ``'message'`` handler in: one slow client never holds up the others.
 """
+
 import logging
 
 from handler import HelloHandler

@@ -11,6 +11,7 @@ restarts it; the connections it had not begun on go to another worker.
 SIGTERM stops accepting, lets the workers finish the connections they have
 (10 s at most), and exits.
 """
+
 import os
 import signal
 import sys
@@ -43,5 +44,8 @@ def shutdown():
 
 
 gevent.signal_handler(signal.SIGTERM, shutdown)
-server.listen(port, host, callback=lambda: print(
-    "listening on {address}:{port}".format(**server.address()), flush=True))
+server.listen(
+    port,
+    host,
+    callback=lambda: print("listening on {address}:{port}".format(**server.address()), flush=True),
+)

@@ -1,4 +1,5 @@
 """A worker of the pool example: answers each socket it is sent with its priority."""
+
 from geventfork import process
 
 

@@ -8,6 +8,7 @@ example; the address is printed once listening.
 Connections from SPECIAL_ADDRESS (default 74.125.127.100, as in Node's docs)
 go to the 'special' child, the rest to the 'normal' child.
 """
+
 import os
 import sys
 
@@ -31,5 +32,8 @@ def on_connection(socket):
     normal.send("socket", socket)
 
 
-server.listen(port, host, callback=lambda: print(
-    "listening on {address}:{port}".format(**server.address()), flush=True))
+server.listen(
+    port,
+    host,
+    callback=lambda: print("listening on {address}:{port}".format(**server.address()), flush=True),
+)

@@ -8,6 +8,7 @@ Runs parent.py's code in this process (127.0.0.1, port 0, special address
 reply, prints a summary, and exits 0, or 1 on any failure. tox's ``run-module``
 env runs it with the installed package.
 """
+
 import os
 import runpy
 import socket
@@ -68,8 +69,10 @@ def main():
             if child.wait(timeout=5) != 0:
                 failures = CLIENTS
                 print(f"child {child.pid} exited with {child.exit_code}, {child.signal_code}")
-    print(f"priority example: {CLIENTS - failures} of {CLIENTS} clients served as expected "
-          f"({CLIENTS // 2} normal, {CLIENTS // 2} special from {SPECIAL_ADDRESS})")
+    print(
+        f"priority example: {CLIENTS - failures} of {CLIENTS} clients served as expected "
+        f"({CLIENTS // 2} normal, {CLIENTS // 2} special from {SPECIAL_ADDRESS})"
+    )
     return 1 if failures else 0
 
 

@@ -1,4 +1,5 @@
 """The worker of the priority example: answers each socket it is sent."""
+
 from geventfork import process
 
 

@@ -8,6 +8,7 @@ announcing a megabyte, then COUNT fds, 100 at a time, each batch sent with
 the frame's middle bytes. Then it waits for the parent to close the channel
 and exits 0.
 """
+
 import os
 import pickle
 import socket

@@ -1,4 +1,5 @@
 """A 'message' handler that blocks on "block" until "release" arrives; echo the rest."""
+
 from gevent.event import Event
 
 from geventfork import process

@@ -6,6 +6,7 @@ first newline, answer ``b"answer\\n"`` and ``size`` filler bytes, close. A
 client idle for ``argv[2]`` seconds is dropped, and a client's error ends its
 own connection only, as in any blocking server.
 """
+
 from geventfork import process
 
 IDLE_TIMEOUT = float(process.argv[2])

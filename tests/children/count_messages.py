@@ -2,6 +2,7 @@
 
 The message "disconnect" makes the child disconnect itself.
 """
+
 import sys
 
 from geventfork import process

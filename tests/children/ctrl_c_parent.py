@@ -1,6 +1,7 @@
 """Fork echo.py at once and then every 0.15 s (8 in all), so that some child
 is nearly always starting up (inside ``patch_all()``); stay up while they do.
 """
+
 import os
 
 import gevent

@@ -5,6 +5,7 @@ is ``b"answer\\n"`` and ``size`` filler bytes, and the request is never read.
 There is no ``'error'`` listener, on purpose: a client that resets must not
 take this worker down.
 """
+
 from geventfork import process
 
 

@@ -1,4 +1,5 @@
 """Exit at once with the status given as the first argument."""
+
 import sys
 
 from geventfork import process

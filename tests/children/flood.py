@@ -3,6 +3,7 @@
 Usage: flood.py SECONDS. It yields only when its queue is past the
 high-water mark, as a fast producer would.
 """
+
 import sys
 import time
 

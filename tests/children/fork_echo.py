@@ -4,6 +4,7 @@
 us alive); "ref" after it undoes that. "ping": send "ping", print the reply,
 disconnect. None of these: stay (the connected child keeps us alive).
 """
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Write bytes that are no valid frame straight onto the channel's fd."""
+
 import os
 
 from geventfork import process

@@ -9,6 +9,7 @@ Messages:
     "close-servers": close every server received; reply "servers-closed".
     anything else: reply ``{"echo": message}``.
 """
+
 import handle_kinds as kinds
 
 from geventfork import process

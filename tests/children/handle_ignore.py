@@ -3,6 +3,7 @@
 Says "ready" once its top level has returned (the message is flushed by the
 hub, which only runs after that); a 'disconnect' listener keeps it alive.
 """
+
 from geventfork import process
 
 process.on("disconnect", lambda: None)

@@ -9,6 +9,7 @@ Every kind is served the same way: the client sends a line and gets back
 process answered.  Addresses travel as JSON: lists for IPv4, ``str`` for
 Linux abstract Unix sockets (autobound, so no files are left behind).
 """
+
 import socket
 
 import gevent
@@ -20,8 +21,16 @@ from geventfork import net
 
 #: Every kind, by name.  The ``net.*`` kinds are geventfork's own objects;
 #: the rest are sockets: gevent's, or the stdlib's unpatched class.
-KINDS = ("net.Socket", "net.Socket-paused", "net.Server", "tcp", "tcp-stdlib", "udp",
-         "unix", "unix-dgram")
+KINDS = (
+    "net.Socket",
+    "net.Socket-paused",
+    "net.Server",
+    "tcp",
+    "tcp-stdlib",
+    "udp",
+    "unix",
+    "unix-dgram",
+)
 #: The kinds whose handle is an accepted connection: the client connects first.
 ACCEPTED = ("net.Socket", "net.Socket-paused", "tcp", "tcp-stdlib", "unix")
 #: How long any step here may wait.
@@ -101,11 +110,13 @@ def _accepted_net_socket(ready, paused):
 def describe(handle):
     """What a receiver can tell about ``handle``, as JSON."""
     if isinstance(handle, net.Socket):
-        return {"class": "net.Socket", "paused": handle.is_paused,
-                "family": handle.remote_family}
+        return {"class": "net.Socket", "paused": handle.is_paused, "family": handle.remote_family}
     if isinstance(handle, net.Server):
-        return {"class": "net.Server", "listening": handle.listening,
-                "port": handle.address()["port"]}
+        return {
+            "class": "net.Server",
+            "listening": handle.listening,
+            "port": handle.address()["port"],
+        }
     cls = "gevent.socket" if isinstance(handle, gsocket.socket) else type(handle).__name__
     return {"class": cls, "family": int(handle.family), "type": int(handle.type)}
 

@@ -3,6 +3,7 @@
 Keeping it proves the end comes from the failed listener, not from the
 garbage collector. Says "ready" once listening.
 """
+
 from geventfork import process
 
 kept = []

@@ -9,6 +9,7 @@ Messages:
     {"invalid": True}: try to send an object that is no handle; reply
         ``{"raised": CLASS_NAME, "code": ERR_CODE}``.
 """
+
 import handle_kinds as kinds
 
 from geventfork import process

@@ -1,4 +1,5 @@
 """Write each message into the socket it carried, then close that socket."""
+
 from geventfork import process
 
 

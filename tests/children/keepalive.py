@@ -3,6 +3,7 @@
 Arguments: "message" / "disconnect" (add a listener), "ref" / "unref"
 (call process.channel.ref() / unref()).
 """
+
 from geventfork import process
 
 for action in process.argv[2:]:

@@ -1,4 +1,5 @@
 """Say "ready", keep the top level busy a while, only then listen (and echo)."""
+
 import gevent
 
 from geventfork import process

@@ -3,6 +3,7 @@
 "ready" goes out as the top level returns: what arrives after it, before
 SIGUSR1, finds no 'message' listener.
 """
+
 import signal
 
 import gevent

@@ -1,4 +1,5 @@
 """Run without fork(): report that there is no channel, and what send() raises."""
+
 from geventfork import ChannelClosedError, process
 
 print(process.connected, process.channel is None)

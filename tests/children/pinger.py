@@ -3,6 +3,7 @@
 Usage: pinger.py PORT COUNT. Each ping is one byte, answered by one byte;
 prints ``{"p50": ms, "p99": ms, "max": ms}``.
 """
+
 import json
 import socket
 import sys
@@ -20,5 +21,8 @@ with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         times.append((time.perf_counter() - start) * 1000)
         time.sleep(0.002)
 times.sort()
-print(json.dumps({"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
-                  "max": times[-1]}))
+print(
+    json.dumps(
+        {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)], "max": times[-1]}
+    )
+)

@@ -1,4 +1,5 @@
 """Write a line to stdout and one to stderr, read stdin to its end, then exit."""
+
 import sys
 
 print("to stdout", flush=True)

@@ -5,6 +5,7 @@ written, block the whole process (no greenlet runs again, so nothing more is
 read from the channel, and nothing is acknowledged); anything else: reply
 ``[message, pid]``.
 """
+
 import os
 
 from gevent import monkey

@@ -4,6 +4,7 @@ Failing, it writes three lines to stderr, the last ``crash <pid>``, and exits
 with status 3. Once the file is gone it starts normally: "socket" + a
 net.Socket: ``end(b"served\\n")``; anything else: reply ``[message, pid]``.
 """
+
 import os
 import sys
 

@@ -5,6 +5,7 @@ own RLIMIT_NOFILE to the fds it has open, so the kernel drops any fd sent to
 it (MSG_CTRUNC) and its channel NACKs the handle. Messages: "who": reply
 ``["who", pid, limited]``; "socket" + a net.Socket: ``end(b"<pid>\\n")``.
 """
+
 import os
 import resource
 import sys

@@ -6,6 +6,7 @@ Prints one JSON line once listening: ``{"port", "workers": [pid, ...]}``.
 On SIGTERM: closes the server, then ``pool.close(CLOSE_TIMEOUT)``, prints
 ``{"exits": [[pid, code, signal], ...]}`` and returns (the process exits 0).
 """
+
 import json
 import os
 import signal
@@ -32,5 +33,7 @@ def stop():
 
 
 gevent.signal_handler(signal.SIGTERM, stop)
-print(json.dumps({"port": server.address()["port"], "workers": [w.pid for w in pool.workers]}),
-      flush=True)
+print(
+    json.dumps({"port": server.address()["port"], "workers": [w.pid for w in pool.workers]}),
+    flush=True,
+)

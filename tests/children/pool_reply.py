@@ -5,6 +5,7 @@ Messages: "socket" + a net.Socket: ``end(REPLY)``, the request unread;
 gevent socket (``conn.socket.close()``, as ``gevent.pywsgi`` does); "pid":
 reply with its pid; anything else: echo it back.
 """
+
 import os
 
 from geventfork import process

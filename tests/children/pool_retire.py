@@ -4,6 +4,7 @@ Messages: "retire": ``process.disconnect()`` (the process then exits with
 status 0, nothing else keeping it alive); "exit": exit with status 0 at once,
 without disconnecting; anything else: reply ``[message, pid]``.
 """
+
 import os
 import sys
 

@@ -6,6 +6,7 @@ end; b"hang": write b"working\n", then never answer; anything else:
 b"done\n" at once.  Messages without a socket: "stall" + a socket: keep it,
 untouched, and reply ``["stalled", pid]``; anything else: echo it back with this worker's pid.
 """
+
 import os
 
 import gevent

@@ -1,4 +1,5 @@
 """Write the first argument to stdout and the second to stderr."""
+
 import sys
 
 from geventfork import process

@@ -5,6 +5,7 @@ TypeError), then one message listing what each raised. On ``'disconnect'``:
 a send (which must raise ChannelClosedError); prints its message and exits
 0 if it did, 1 if not.
 """
+
 import sys
 
 from geventfork import ChannelClosedError, process

@@ -11,6 +11,7 @@ Messages:
 An ``'error'`` on the channel (a bad frame from the parent) is printed on
 stdout as ``error CLASS CODE MESSAGE``.
 """
+
 import os
 import struct
 

@@ -8,6 +8,7 @@ Messages (each with a net.Socket):
     "end": ``end(b"bye")``.
 Says "ready" once listening; replies "served" after each.
 """
+
 from gevent.pywsgi import WSGIServer
 
 from geventfork import process

@@ -2,6 +2,7 @@
 
 Run with ``monkey=False``; killed by the test's teardown.
 """
+
 import time
 
 time.sleep(60)
