@@ -7,9 +7,8 @@ to another worker. On Linux the pool keeps its own copy of each TCP
 counts say whether it had begun: a connection it had not is sent to another
 worker, one it had is ended gracefully by the pool. Nothing polls.
 
-Run as a module, this file is the workers' entry point: it runs the user's
-script, tells the pool when the script is ready or retires, and bounds how
-long a worker outlives its channel.
+The workers run through ``_worker``, which tells the pool when the script
+is ready or retires.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import time
 from collections import deque
 from typing import (
     IO,
-    TYPE_CHECKING,
     Any,
     Deque,
     Dict,
@@ -40,7 +38,7 @@ import gevent
 from gevent.event import Event
 
 from ._dispatch import submit
-from . import _handles
+from . import _handles, _worker
 from ._channel import Callback, Channel
 from ._owner import check_send_arguments
 from ._server import Server
@@ -48,11 +46,6 @@ from ._stream import Socket
 from .child_process import ChildProcess, fork, resolve_module
 from .errors import ChannelClosedError, ProtocolError, WorkerStartupError
 from .events import EventEmitter
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gevent._types import _TimerWatcher
-
-    from ._process import Process
 
 __all__ = ["Pool"]
 
@@ -84,12 +77,6 @@ SHUTDOWN_TIMEOUT = 10.0
 KILL_TIMEOUT = 5.0
 
 STRATEGIES = ("round_robin", "least_busy")
-
-# Messages between the pool and its workers' entry point, filtered out of the
-# pool's 'message' events (Node's cluster reserves ``cmd: "NODE_..."`` alike).
-_CMD = "GEVENTFORK_POOL"
-READY = {"cmd": _CMD, "state": "ready"}
-RETIRING = {"cmd": _CMD, "state": "retiring"}
 
 
 class _Job:
@@ -347,7 +334,7 @@ class Pool(EventEmitter):
         if self._closing:
             return
         args = [self.shutdown_timeout, self.module, *self.args]
-        child = fork(__name__, args, **self._options)
+        child = fork(_worker.__name__, args, **self._options)
         worker = _Worker(child, slot)
         child.on("message", lambda message, handle: self._forward(worker, message, handle))
         child.on("exit", lambda code, signal: self._exited(worker, code, signal))
@@ -368,7 +355,7 @@ class Pool(EventEmitter):
             submit(self.emit, "spawn", child)
 
     def _forward(self, worker: _Worker, message: Any, handle: Optional[_handles.Handle]) -> None:
-        if isinstance(message, dict) and message.get("cmd") == _CMD and handle is None:
+        if isinstance(message, dict) and message.get("cmd") == _worker.CMD and handle is None:
             if message.get("state") == "retiring":
                 worker.retiring = True
             self._ready(worker)
@@ -647,52 +634,3 @@ def _copy_stderr(pipe: IO[bytes], tail: Deque[str]) -> None:
         pass
     finally:
         pipe.close()
-
-
-# -- the worker's side ----------------------------------------------------
-
-_deadline: Optional[_TimerWatcher] = None
-
-
-def _worker_main(argv: List[str]) -> None:
-    """Run the user's worker script; end it ``grace`` s after its channel closes."""
-    from ._main import run_script
-    from ._process import process
-
-    grace, script, *args = argv
-    process.on("disconnect", lambda: _exit_after(float(grace)))
-    _tell_the_pool(process)
-    sys.exit(run_script(script, args))
-
-
-def _tell_the_pool(process: Process) -> None:
-    """Send ``READY`` once the script's top level returned, ``RETIRING`` before
-    the script disconnects on purpose (``process.disconnect()``)."""
-
-    def ready() -> None:
-        if process.connected:
-            process.send(READY)
-
-    def retire() -> None:
-        if process.connected:
-            process.send(RETIRING)
-
-    process.top_level_done_callbacks.append(ready)
-    process.disconnect_callbacks.append(retire)
-
-
-def _exit_after(grace: float) -> None:
-    """Without a channel, finish what is under way, but for ``grace`` s at most."""
-    global _deadline
-    _deadline = gevent.get_hub().loop.timer(grace, ref=False)
-    _deadline.start(_exit_now)
-
-
-def _exit_now() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
-
-
-if __name__ == "__main__":
-    _worker_main(sys.argv[1:])
