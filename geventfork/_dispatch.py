@@ -217,9 +217,10 @@ def submit(fn: Callable[..., object], *args: Any) -> None:
     they were submitted, never inside the caller's frame, each in a
     greenlet it may block in without holding up the ones after it (see the
     module docstring). A long-lived loop (a channel's or a socket's reader)
-    gets a greenlet of its own with ``gevent.spawn`` instead; a call that
-    must run in the hub itself, between two turns of the loop, goes through
-    ``loop.run_callback``.
+    gets a greenlet of its own with ``gevent.spawn`` instead, and so does an
+    event that must come before such a loop's first event (``'connect'``
+    before ``'data'``); a call that must run in the hub itself, between two
+    turns of the loop, goes through ``loop.run_callback``.
     """
     _dispatcher().submit(fn, args)
 

@@ -74,6 +74,17 @@ class ServerHooks(Protocol):
     def on_connection_handed_off(self) -> None:
         """A connection the server accepted is being sent to another process."""
 
+    # What a user of ``net.Socket.server`` reaches for, so that its type says so.
+    @property
+    def connections(self) -> Optional[int]: ...
+
+    @property
+    def listening(self) -> bool: ...
+
+    def address(self) -> Any: ...
+
+    def close(self, callback: Optional[Callable[[], object]] = None) -> Any: ...
+
 
 class Lifetime:
     """What happens once, when this process is done with a connection.

@@ -164,10 +164,12 @@ class EventEmitter:
         """
         if self.listener_count(event) <= 1:  # no other listener may still use it
             for arg in args:
-                # Looked up on the type: an argument's own __getattr__ never runs.
-                abandoned = getattr(type(arg), "on_abandoned", None)
-                if abandoned is not None:
-                    abandoned(arg)
+                # Only emitters of ours (a net.Socket); looked up on the type, so
+                # neither a user's message object nor its __getattr__ is called.
+                if isinstance(arg, EventEmitter):
+                    abandoned = getattr(type(arg), "on_abandoned", None)
+                    if abandoned is not None:
+                        abandoned(arg)
         if not isinstance(exc, GeventforkError):
             return False
         log.warning(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import gevent
 from gevent import socket as gsocket
 
-from ._dispatch import submit
 from ._server import Server
 from ._stream import Socket
 
@@ -36,7 +36,10 @@ def connect(
     conn = Socket(gsocket.create_connection((host, port)))
     if callback is not None:
         conn.once("connect", callback)
-    submit(conn.emit, "connect")
+    # Its own greenlet, not submit(): 'connect' must come before anything the
+    # socket's reader (a greenlet of its own) emits, even when the caller is
+    # a listener that then blocks with jobs queued behind it.
+    gevent.spawn(conn.emit, "connect")
     return conn
 
 

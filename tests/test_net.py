@@ -10,10 +10,12 @@ import socket
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
 from geventfork import net
+from geventfork.events import EventEmitter
 from helpers import TIMEOUT, read_to_eof, recorder, reset, wait_until
 
 
@@ -390,6 +392,42 @@ def test_connect_talks_to_a_server(listen):
         assert events.get(timeout=TIMEOUT) == ("close", False)
     finally:
         conn.destroy()
+
+
+def test_connect_comes_before_data_even_from_a_blocking_listener():
+    """A 'message' listener connects, listens for 'data' and blocks; the
+    server's banner arrives at once: 'connect' must still come first."""
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def banner():
+        peer, _ = listener.accept()
+        with peer:
+            peer.sendall(b"banner")
+            gevent.sleep(0.5)
+
+    server = gevent.spawn(banner)
+    seen = []
+
+    class Source(EventEmitter):
+        pass
+
+    def connect_and_block(_):
+        conn = net.connect(listener.getsockname()[1], callback=lambda: seen.append("connect"))
+        conn.on("data", seen.append)
+        gevent.sleep(0.1)  # a handler's blocking code
+        conn.destroy()
+
+    source = Source()
+    source.on("message", connect_and_block)
+    try:
+        source.emit("message", None)
+        wait_until(lambda: len(seen) == 2, "'connect' and the banner")
+        assert seen == ["connect", b"banner"]
+    finally:
+        server.kill()
+        listener.close()
 
 
 def test_connect_to_a_refused_port_raises():
