@@ -1,6 +1,6 @@
 """Hand-offs between real processes: every kind of handle, in both directions.
 
-The "Handles that send accepts" part of CONTRACT.md, point by point.  How
+The handles `send()` accepts (README, "API"), point by point.  How
 each kind is made, described and served lives in
 ``tests/children/handle_kinds.py``, which the child scripts import too, so
 parent -> child and child -> parent run the same code.  The test process

@@ -1,6 +1,6 @@
 """``geventfork.net``: Server, Socket and connect, in one process and with children.
 
-The "Networking" part of CONTRACT.md, point by point, on real sockets bound
+The README's `net` API and its differences from Node, point by point, on real sockets bound
 to 127.0.0.1 port 0.  The clients are plain (patched) sockets, so that what
 they see is what the kernel delivered: a reply, a clean EOF or a reset.
 """

@@ -1,6 +1,6 @@
 """Every connection has an owner until it is closed, and its end is reported.
 
-CONTRACT.md's failure rules for sockets: a ``'connection'`` (or
+The README's rules for sockets nobody owns ("Differences from Node.js"): a ``'connection'`` (or
 ``'message'``) handler that raises has its socket ended gracefully at once;
 a ``net.Socket`` nobody references any more is closed by a finalizer; and
 ``on_done`` (what lets a Pool close its kept copy) fires exactly once
