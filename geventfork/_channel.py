@@ -309,22 +309,24 @@ class Channel:
                 f"{queued} bytes are queued for the peer: a message of {len(payload)} "
                 f"bytes would pass the channel's max_queued of {self.max_queued}"
             )
-        # Later plain messages of this turn of the loop coalesce behind the first.
-        now = not self._flush_scheduled and (
-            not self._counts_turns or self._loop.iteration != self._written_in
-        )
-        if handle is None and not acknowledge:
-            data = _encode_message(payload, self._codec.ident)
-            return self._send_frame(data, (), callback, 0, now)
+        if handle is None:
+            # Later messages of this turn of the loop coalesce behind the first.
+            now = not self._flush_scheduled and (
+                not self._counts_turns or self._loop.iteration != self._written_in
+            )
+            if not acknowledge:
+                data = _encode_message(payload, self._codec.ident)
+                return self._send_frame(data, (), callback, 0, now)
+            ident = self._new_ident()
+            self._awaiting[ident] = _Pending(callback, None, None, False, None)
+            data = _encode_message(payload, self._codec.ident, ident)
+            return self._send_frame(data, (), None, ident, now)
         # Last of the checks: to_wire() takes a net.Socket over (stops its
         # reader), which a send that then raised must not have done.
-        out = _handles.to_wire(handle, track=on_done is not None) if handle is not None else None
+        out = _handles.to_wire(handle, track=on_done is not None)
         ident = self._new_ident()
         keep_open = bool(options and options.get("keep_open"))
         self._awaiting[ident] = _Pending(callback, handle, out, keep_open, on_done)
-        if out is None:
-            data = _encode_message(payload, self._codec.ident, ident)
-            return self._send_frame(data, (), None, ident, now)
         self._handles_awaiting += 1
         data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
         return self._send_frame(
@@ -584,12 +586,12 @@ class Channel:
                 frame = decoder.next_event()
                 if isinstance(frame, _wire.Sentinel):  # NEED_DATA or CLOSED
                     return frame
-                if frame.codec != codec and frame.kind == _MESSAGE:
-                    self._wrong_codec(frame)
-                if frame.kind == _MESSAGE:
+                if frame.kind != _MESSAGE:
+                    self._answered(frame, done)
+                elif frame.codec == codec:
                     self._receive(frame)
                 else:
-                    self._answered(frame, done)
+                    self._wrong_codec(frame)
             return None
         finally:
             self._finish(done)
