@@ -18,9 +18,22 @@ from ._channel import Callback, Channel
 from .errors import ChannelClosedError
 from .events import EventEmitter
 
-__all__ = ["ChannelOwner", "check_send_arguments"]
+__all__ = ["ChannelOwner", "check_send_arguments", "is_internal"]
+
+#: A message that is a dict whose ``cmd`` starts with this is the library's own
+#: (a pool's commands to its workers): it is emitted as ``'internalMessage'``,
+#: never as ``'message'``, as Node does for ``cmd: "NODE_..."``.
+INTERNAL_PREFIX = "GEVENTFORK_"
 
 log = logging.getLogger("geventfork")
+
+
+def is_internal(message: Any) -> bool:
+    """Whether ``message`` is one of the library's own (see ``INTERNAL_PREFIX``)."""
+    if type(message) is not dict:
+        return False
+    cmd = message.get("cmd")
+    return isinstance(cmd, str) and cmd.startswith(INTERNAL_PREFIX)
 
 
 def check_send_arguments(options: object, callback: object) -> None:
@@ -117,8 +130,12 @@ class ChannelOwner(EventEmitter):
         return None
 
     def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
-        """Hook: the channel calls this when a message (and its handle, or None) arrived."""
-        if not self.emit("message", message, handle) and handle is not None:
+        """Hook: the channel calls this when a message (and its handle, or None) arrived.
+
+        The library's own messages (``is_internal``) are ``'internalMessage'``.
+        """
+        event = "internalMessage" if is_internal(message) else "message"
+        if not self.emit(event, message, handle) and handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 
     def on_channel_error(self, err: BaseException) -> None:

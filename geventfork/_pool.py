@@ -75,6 +75,9 @@ STDIO = ("inherit", "inherit", "pipe")
 SHUTDOWN_TIMEOUT = 10.0
 #: Seconds ``close()`` waits for workers it killed with SIGKILL.
 KILL_TIMEOUT = 5.0
+#: The longest time between two heartbeat pings, in seconds (a quarter of
+#: ``heartbeat`` when that is shorter).
+HEARTBEAT_EVERY = 1.0
 
 STRATEGIES = ("round_robin", "least_busy")
 
@@ -135,6 +138,8 @@ class _Worker:
         "started",
         "ready",
         "retiring",
+        "released",
+        "pong",
         "exited",
         "sending",
         "serving",
@@ -148,7 +153,9 @@ class _Worker:
         self.slot = slot
         self.started = time.monotonic()
         self.ready = False  # its script got going (see Pool._ready)
-        self.retiring = False  # it said it disconnects on purpose
+        self.retiring = False  # it retires: it gets no new sends
+        self.released = False  # its slot has another worker: its exit respawns nothing
+        self.pong = 0.0  # time.monotonic() of its last heartbeat answer (or of ready)
         self.exited = False
         self.sending: Set[_Job] = set()  # jobs sent, not yet acknowledged or failed
         self.serving: Set[_Job] = set()  # tracked jobs it has, or had when it died
@@ -187,7 +194,8 @@ class Pool(EventEmitter):
     """``size`` workers forked from ``module``, restarted when they die.
 
     Events: ``'spawn'(worker)``, ``'message'(worker, message, handle)``,
-    ``'exit'(worker, code, signal)``, ``'error'(err)``, ``'close'``. Each
+    ``'exit'(worker, code, signal)``, ``'timeout'(worker)`` (it missed the
+    heartbeat and is killed next), ``'error'(err)``, ``'close'``. Each
     ``worker`` is the ``ChildProcess``. An ``'error'`` with no listener is
     logged as one warning line on the ``geventfork`` logger.
 
@@ -200,6 +208,11 @@ class Pool(EventEmitter):
             the fewest sends not yet acknowledged and connections it serves.
         shutdown_timeout: seconds a worker gets to finish its connections
             once its channel closes (``close()``, or the parent died).
+        heartbeat: seconds a ready worker may go without answering the
+            pool's ping (sent from its event loop, so a worker stuck in a
+            call that never yields misses it) before it is killed with
+            SIGKILL and replaced; ``'timeout'(worker)`` comes first. 0 or
+            None: no heartbeat.
         **options: ``fork()``'s options. Unless ``silent`` or ``stdio`` is
             given, the workers' stderr is piped through the pool, which
             copies it to ours and keeps its last lines for the crash-loop
@@ -218,12 +231,15 @@ class Pool(EventEmitter):
         *,
         strategy: str = "round_robin",
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        heartbeat: Optional[float] = None,
         **options: Any,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
+        if heartbeat is not None and heartbeat < 0:
+            raise ValueError(f"heartbeat must be 0 or more seconds, not {heartbeat}")
         super().__init__()
         self.module = resolve_module(module, options.get("cwd"))  # FileNotFoundError now
         self.args = list(args)
@@ -243,6 +259,12 @@ class Pool(EventEmitter):
         self._closing = False
         self._closed = False
         self._all_gone = Event()
+        self.heartbeat = heartbeat or 0.0
+        self._pinger: Any = None
+        if self.heartbeat:
+            every = min(HEARTBEAT_EVERY, self.heartbeat / 4)
+            self._pinger = gevent.get_hub().loop.timer(every, every, ref=False)
+            self._pinger.start(self._ping)
         for slot in range(size):
             self._spawn(slot, announce=False)
         for worker in self._live:  # now, so that a listener added next sees them all
@@ -307,6 +329,8 @@ class Pool(EventEmitter):
         """
         if not self._closing:
             self._closing = True
+            if self._pinger is not None:
+                self._pinger.stop()
             for restart in self._restarts.values():
                 restart.kill(block=False)
             self._restarts.clear()
@@ -324,6 +348,51 @@ class Pool(EventEmitter):
             self._closed = True
             self.emit("close")
 
+    def reload(self) -> None:
+        """Replace every worker: each retires, and its replacement starts now.
+
+        New sends go to the new workers at once. A retiring worker finishes
+        what it has and exits: by default its channel is disconnected (as by
+        ``close()``); a worker script may take this over (``_worker.on_retire``).
+        A crash loop is forgotten: the new workers get a fresh start.
+        """
+        if self._closing:
+            return
+        self._unready_exits = 0
+        self._failed = None
+        old = [worker for worker in self._live if not worker.released]
+        for slot, restart in list(self._restarts.items()):
+            restart.kill(block=False)
+            self._failures[slot] = 0
+            self._spawn(slot)
+        for worker in old:
+            self._retire(worker)
+            self._failures[worker.slot] = 0
+            self._spawn(worker.slot)
+
+    def resize(self, size: int) -> None:
+        """Run ``size`` workers from now on: new ones start at once, or the
+        workers in the surplus slots retire (as in ``reload()``).
+
+        Raises:
+            ValueError: ``size`` is below 1.
+        """
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, not {size}")
+        if self._closing or size == self.size:
+            return
+        old, self.size = self.size, size
+        if size > old:
+            self._failures.extend([0] * (size - old))
+            for slot in range(old, size):
+                self._spawn(slot)
+            return
+        del self._failures[size:]
+        for slot in [slot for slot in self._restarts if slot >= size]:
+            self._restarts.pop(slot).kill(block=False)
+        for worker in [w for w in self._live if w.slot >= size and not w.released]:
+            self._retire(worker)
+
     def __repr__(self) -> str:
         return f"<Pool {self.module!r} size={self.size} workers={[w.pid for w in self.workers]}>"
 
@@ -331,12 +400,13 @@ class Pool(EventEmitter):
 
     def _spawn(self, slot: int, announce: bool = True) -> None:
         self._restarts.pop(slot, None)
-        if self._closing:
+        if self._closing or slot >= self.size:
             return
         args = [self.shutdown_timeout, self.module, *self.args]
         child = fork(_worker.__name__, args, **self._options)
         worker = _Worker(child, slot)
         child.on("message", lambda message, handle: self._forward(worker, message, handle))
+        child.on("internalMessage", lambda message, handle: self._internal(worker, message))
         child.on("exit", lambda code, signal: self._exited(worker, code, signal))
         child.on("close", lambda code, signal: self._gone(worker))
         child.on("error", lambda err: self._worker_error(worker, err))
@@ -354,12 +424,49 @@ class Pool(EventEmitter):
         if child.pid is not None:
             submit(self.emit, "spawn", child)
 
-    def _forward(self, worker: _Worker, message: Any, handle: Optional[_handles.Handle]) -> None:
-        if isinstance(message, dict) and message.get("cmd") == _worker.CMD and handle is None:
-            if message.get("state") == "retiring":
-                worker.retiring = True
-            self._ready(worker)
+    def _internal(self, worker: _Worker, message: Mapping[str, Any]) -> None:
+        """A message of ``_worker``'s: ready, retiring, or a heartbeat's answer."""
+        if message.get("cmd") != _worker.CMD:
             return
+        state = message.get("state")
+        if state == "pong":
+            worker.pong = time.monotonic()
+            return
+        self._ready(worker)
+        if state == "retiring":
+            worker.retiring = True
+            self._release(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        """``worker`` retires: start its replacement now, unless its slot is gone."""
+        if not worker.released:
+            worker.released = True
+            if worker.slot < self.size:
+                self._failures[worker.slot] = 0
+                self._spawn(worker.slot)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Ask ``worker`` to retire; its slot, if any, is someone else's now."""
+        worker.retiring = True
+        worker.released = True
+        if worker.channel_open():
+            worker.child.send(_worker.RETIRE, callback=_ignore)
+
+    def _ping(self) -> None:
+        """The heartbeat: kill ready workers that have not answered for
+        ``heartbeat`` s; ping the others."""
+        now = time.monotonic()
+        for worker in list(self._live):
+            if not worker.ready or worker.exited:
+                continue
+            if now - worker.pong > self.heartbeat:
+                worker.pong = float("inf")  # killed once
+                self.emit("timeout", worker.child)
+                worker.child.kill(_signal.SIGKILL)
+            elif worker.channel_open():
+                worker.child.send(_worker.PING, callback=_ignore)
+
+    def _forward(self, worker: _Worker, message: Any, handle: Optional[_handles.Handle]) -> None:
         if self.listener_count("message"):
             self.emit("message", worker.child, message, handle)
         elif handle is not None:
@@ -375,6 +482,7 @@ class Pool(EventEmitter):
         if worker.ready or worker.exited:
             return
         worker.ready = True
+        worker.pong = time.monotonic()
         worker.timer.stop()
         self._unready_exits = 0
         self._failed = None
@@ -398,6 +506,8 @@ class Pool(EventEmitter):
         worker.exited = True
         worker.timer.stop()
         self._live.remove(worker)
+        if worker.retiring:
+            worker.released = True  # replaced already, or its slot is gone
         # Every send to it was answered (ACK, NACK or ChannelClosedError)
         # before its channel closed; a job left here is judged the same way.
         left = list(worker.serving) + list(worker.sending)
@@ -411,14 +521,10 @@ class Pool(EventEmitter):
         self._maybe_all_gone()
 
     def _replace(self, worker: _Worker) -> None:
-        """Respawn ``worker``'s slot: at once after a retirement, else with back-off."""
-        if self._closing:
+        """Respawn ``worker``'s slot with back-off, unless it retired (replaced at once)."""
+        if self._closing or worker.released or worker.slot >= self.size:
             return
-        slot, child = worker.slot, worker.child
-        if worker.retiring and child.exit_code == 0:
-            self._failures[slot] = 0
-            self._spawn(slot)
-            return
+        slot = worker.slot
         if not worker.ready:
             self._unready_exits += 1
             if self._unready_exits == CRASH_LOOP:
@@ -607,6 +713,10 @@ class Pool(EventEmitter):
             _let_go(job.handle)
         if report and not self._closing:
             submit(self.emit, "error", err)
+
+
+def _ignore(err: Optional[BaseException]) -> None:
+    """The callback of the pool's own messages: a worker gone meanwhile is no news."""
 
 
 def _let_go(handle: _handles.Handle) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from . import _handles
 from ._channel import Channel
 from ._environ import CHANNEL_FD_ENV, MAX_MESSAGE_SIZE_ENV, MAX_QUEUED_ENV, SERIALIZATION_ENV
-from ._owner import ChannelOwner
+from ._owner import ChannelOwner, is_internal
 from ._serialization import by_name
 
 __all__ = ["Process", "process"]
@@ -18,7 +18,9 @@ __all__ = ["Process", "process"]
 class Process(ChannelOwner):
     """This process, as its parent sees it through ``fork()``.
 
-    Events: ``'message'(message, handle)``, ``'disconnect'``, ``'error'``.
+    Events: ``'message'(message, handle)``, ``'disconnect'``, ``'error'``;
+    the library's own messages (a dict whose ``cmd`` starts with
+    ``GEVENTFORK_``) are ``'internalMessage'``, as Node's ``NODE_`` ones are.
     As in Node, the channel keeps the process alive only while something
     listens for ``'message'`` or ``'disconnect'``, or after
     ``process.channel.ref()``.
@@ -99,7 +101,11 @@ class Process(ChannelOwner):
 
     def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
         """Hook (see ``ChannelOwner``): held until the top level returned if nobody listens yet."""
-        if self._held is not None and not self._listeners.get("message"):
+        if (
+            self._held is not None
+            and not self._listeners.get("message")
+            and not is_internal(message)
+        ):
             self._held.append((message, handle))  # Node holds these too
         else:
             super().on_channel_message(message, handle)

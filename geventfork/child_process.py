@@ -60,6 +60,8 @@ class ChildProcess(ChannelOwner):
     Events: ``'spawn'``, ``'message'(message, handle)``, ``'disconnect'``,
     ``'exit'(code, signal)``, ``'close'(code, signal)``, ``'error'(err)``.
     ``'close'`` follows once the child has exited and the channel has closed.
+    The library's own messages (a dict whose ``cmd`` starts with
+    ``GEVENTFORK_``) are ``'internalMessage'``, as Node's ``NODE_`` ones are.
     """
 
     def __init__(
