@@ -299,7 +299,7 @@ class Channel:
         if not self.connected:
             raise ChannelClosedError("the IPC channel is closed")
         payload = self._codec.dumps(message)
-        if len(payload) > self.max_size:
+        if len(payload) + (_handles.MAX_TRAILER if handle is not None else 0) > self.max_size:
             raise SerializationError(
                 f"message of {len(payload)} bytes is over the channel's {self.max_size}-byte limit"
             )
@@ -328,7 +328,14 @@ class Channel:
         keep_open = bool(options and options.get("keep_open"))
         self._awaiting[ident] = _Pending(callback, handle, out, keep_open, on_done)
         self._handles_awaiting += 1
-        data = _encode_message(payload, self._codec.ident, ident, out.code, out.flags, 1)
+        data = _encode_message(
+            payload + out.trailer if out.trailer else payload,
+            self._codec.ident,
+            ident,
+            out.code,
+            out.flags,
+            1,
+        )
         return self._send_frame(
             data, (out.fd,), None, ident, True
         )  # its fd needs a sendmsg of its own
@@ -658,7 +665,8 @@ class Channel:
         """
         if frame.fds_lost:
             raise ProtocolError("the kernel dropped the handle's fds (MSG_CTRUNC)")
-        message = self._codec.loads(frame.payload)
+        payload, peer = _handles.split_peer(frame.handle, frame.flags, frame.payload)
+        message = self._codec.loads(payload)
         if not frame.handle:
             return message, None
         if not fds:
@@ -668,7 +676,7 @@ class Channel:
             self._holding.add(frame.ident)
             on_done = partial(self._send_done, frame.ident)
         try:
-            handle = _handles.from_wire(frame.handle, frame.flags, fds[0], on_done)
+            handle = _handles.from_wire(frame.handle, frame.flags, fds[0], on_done, peer)
         except BaseException:
             self._holding.discard(frame.ident)
             raise

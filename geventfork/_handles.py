@@ -8,15 +8,26 @@ once the receiver acknowledged it, and a way to rebuild it from a received fd.
 from __future__ import annotations
 
 import _socket
-from typing import Callable, Dict, NamedTuple, Optional, Union
+import struct
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 from gevent import socket as gsocket
 
+from ._lifetime import HostPort
 from ._server import Server
 from ._stream import Socket
-from .errors import InvalidHandleTypeError
+from .errors import InvalidHandleTypeError, ProtocolError
 
-__all__ = ["Handle", "Outgoing", "check", "to_wire", "from_wire", "tracked", "close"]
+__all__ = [
+    "Handle",
+    "Outgoing",
+    "check",
+    "to_wire",
+    "from_wire",
+    "split_peer",
+    "tracked",
+    "close",
+]
 
 #: What ``send()`` accepts as a handle, and what a received one is rebuilt as.
 #: gevent's socket is no subclass of ``_socket.socket``: both are named.
@@ -32,6 +43,14 @@ PAUSED = 1  # net.Socket: nothing has read from it; the receiver keeps it paused
 TCP4 = 2  # net.Socket: a TCP socket over IPv4 (the receiver need not ask the kernel)
 TCP6 = 4  # net.Socket: a TCP socket over IPv6
 TRACKED = 8  # net.Socket: the sender keeps a copy; tell it (DONE) when done with it
+#: net.Socket (TCP4 or TCP6): the payload ends with the peer's address, which
+#: the codec never sees: 4 (TCP4) or 16 (TCP6) address bytes, then the port
+#: (u16 BE). The receiver need not ask the kernel (``getpeername``), and a
+#: sender that learnt the client's address otherwise (a PROXY protocol
+#: header) passes that one on.
+PEER = 16
+#: The longest ``PEER`` trailer, in bytes: it counts towards the frame's size.
+MAX_TRAILER = 18
 PAUSE_ON_CONNECT = 1  # net.Server
 ALLOW_HALF_OPEN = 2  # net.Server
 
@@ -51,6 +70,8 @@ class Outgoing(NamedTuple):
     #: ``abandon()``: after ``returned()``, when nobody will send it again:
     #: a ``net.Socket`` is ended gracefully, so its client gets EOF.
     abandon: Callable[[], object]
+    #: What ends the frame's payload: the peer's address (``PEER``), or nothing.
+    trailer: bytes = b""
 
 
 #: Plain sockets on their way to a peer, by ``id`` (a ``net.Socket`` knows its
@@ -88,12 +109,22 @@ def to_wire(handle: object, track: bool = False) -> Outgoing:
         ValueError: ``handle`` is already on its way to a peer.
     """
     if isinstance(handle, Socket):
+        peer = handle.handoff_peer()
         fd, family, kind = handle.handoff_start()
         flags = (PAUSED if handle.is_paused else 0) | _tcp_flag(family, kind)
         if track:
             flags |= TRACKED
+        trailer = _pack_peer(flags, peer)
+        if trailer:
+            flags |= PEER
         return Outgoing(
-            SOCKET, flags, fd, handle.on_handoff_released, handle.on_handoff_returned, handle.end
+            SOCKET,
+            flags,
+            fd,
+            handle.on_handoff_released,
+            handle.on_handoff_returned,
+            handle.end,
+            trailer,
         )
     if isinstance(handle, Server):
         fd = handle.handoff_start()
@@ -130,24 +161,61 @@ def _raw_to_wire(sock: Union[_socket.socket, gsocket.socket]) -> Outgoing:
     return Outgoing(RAW, 0, fd, release, returned, sock.close)
 
 
+_PORT = struct.Struct("!H")
+
+
+def _pack_peer(flags: int, peer: Optional[HostPort]) -> bytes:
+    """The ``PEER`` trailer for a TCP socket's ``peer``, or b"" if there is none."""
+    if peer is None or peer[0] is None or peer[1] is None or not flags & (TCP4 | TCP6):
+        return b""
+    family = _socket.AF_INET if flags & TCP4 else _socket.AF_INET6
+    try:
+        return _socket.inet_pton(family, peer[0]) + _PORT.pack(peer[1])
+    except (OSError, ValueError, struct.error):  # not an address of that family
+        return b""
+
+
+def split_peer(code: int, flags: int, payload: bytes) -> Tuple[bytes, Optional[HostPort]]:
+    """A received frame's payload without its ``PEER`` trailer, and that address.
+
+    Raises:
+        ProtocolError: the payload is too short for the trailer.
+    """
+    if code != SOCKET or not flags & PEER or not flags & (TCP4 | TCP6):
+        return payload, None
+    family, size = (_socket.AF_INET, 4) if flags & TCP4 else (_socket.AF_INET6, 16)
+    if len(payload) < size + 2:
+        raise ProtocolError("a socket's frame is too short for its peer address", payload)
+    address = payload[-size - 2 : -2]
+    (port,) = _PORT.unpack_from(payload, len(payload) - 2)
+    return payload[: -size - 2], (_socket.inet_ntop(family, address), port)
+
+
 def tracked(code: int, flags: int) -> bool:
     """Whether a received handle's sender asked to hear when it is done with it."""
     return code == SOCKET and bool(flags & TRACKED)
 
 
 def from_wire(
-    code: int, flags: int, fd: int, on_done: Optional[Callable[[], object]] = None
+    code: int,
+    flags: int,
+    fd: int,
+    on_done: Optional[Callable[[], object]] = None,
+    peer: Optional[HostPort] = None,
 ) -> Handle:
     """Rebuild a handle the peer sent; the new object owns ``fd``.
 
     Args:
         on_done: for a ``net.Socket``, called once this process is done with it.
+        peer: for a ``net.Socket``, its remote address (``split_peer``).
 
     Raises:
         ValueError: unknown handle number (the caller closes ``fd``).
     """
     if code == SOCKET:
-        return Socket(_stream_socket(flags, fd), paused=bool(flags & PAUSED), on_done=on_done)
+        return Socket(
+            _stream_socket(flags, fd), paused=bool(flags & PAUSED), on_done=on_done, peer=peer
+        )
     if code == SERVER:
         return Server.from_handoff(
             gsocket.socket(fileno=fd),

@@ -74,6 +74,7 @@ class Socket(EventEmitter):
         paused: bool = False,
         allow_half_open: bool = False,
         on_done: Optional[Callable[[], object]] = None,
+        peer: Optional[HostPort] = None,
     ) -> None:
         """Wrap a connected socket.
 
@@ -90,6 +91,8 @@ class Socket(EventEmitter):
                 or collected unclosed. Never in the middle of the garbage
                 collector: then on the hub's next turn. It must not block;
                 what it raises is logged.
+            peer: the remote ``(host, port)``, when known already (a
+                hand-off carries it); else the kernel is asked when needed.
 
         Raises:
             TypeError: ``on_done`` is not callable.
@@ -107,6 +110,8 @@ class Socket(EventEmitter):
             raise TypeError(f"on_done must be callable, not {type(on_done).__name__}")
         if on_done is not None:
             self._on_done = on_done
+        if peer is not None:
+            self._peer = peer
 
     # Per-socket state starts as these class-wide defaults: a hand-off makes
     # a Socket on each side, and most of its state is never touched.
@@ -558,6 +563,13 @@ class Socket(EventEmitter):
         return _platform.tcp_progress(self._raw_socket)
 
     # -- sending to another process ----------------------------------------
+
+    def handoff_peer(self) -> Optional[HostPort]:
+        """Hook: the remote ``(host, port)`` if known without asking the kernel,
+        for ``send()`` to carry along with the socket; else None."""
+        if self._peer is None and isinstance(self._sock, Accepted):
+            return host_port(self._sock.peer)
+        return self._peer
 
     def handoff_start(self) -> Tuple[int, int, int]:
         """Hook: ``send()`` calls this when given the socket; stop using it here.

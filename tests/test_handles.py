@@ -17,8 +17,8 @@ import gevent
 import pytest
 from gevent.event import AsyncResult
 
-from geventfork import net
-from geventfork.errors import ChannelClosedError, InvalidHandleTypeError
+from geventfork import _handles, net
+from geventfork.errors import ChannelClosedError, InvalidHandleTypeError, ProtocolError
 from helpers import CHILDREN_DIR, TIMEOUT, closed_socket, inbox, proc_stat, take_one
 
 
@@ -353,3 +353,28 @@ def test_invalid_handles_raise_before_anything_is_queued(spawn_child):
         child.send(name)
         assert receive(messages) == {"echo": name}, name  # the bad one never went out
     assert not called.ready()
+
+
+@pytest.mark.parametrize(
+    "flags, peer",
+    [(_handles.TCP4, ("203.0.113.7", 51000)), (_handles.TCP6, ("2001:db8::1", 443))],
+)
+def test_a_sockets_peer_rides_at_the_end_of_its_payload(flags, peer):
+    trailer = _handles._pack_peer(flags, peer)
+    assert len(trailer) <= _handles.MAX_TRAILER
+    payload, got = _handles.split_peer(
+        _handles.SOCKET, flags | _handles.PEER, b'"message"' + trailer
+    )
+    assert (payload, got) == (b'"message"', peer)
+
+
+def test_no_trailer_for_a_socket_whose_peer_is_unknown_or_not_tcp():
+    assert _handles._pack_peer(_handles.TCP4, None) == b""
+    assert _handles._pack_peer(0, ("127.0.0.1", 80)) == b""  # a Unix socket
+    assert _handles._pack_peer(_handles.TCP4, ("::1", 80)) == b""  # wrong family
+    assert _handles.split_peer(_handles.SOCKET, _handles.TCP4, b"x") == (b"x", None)
+
+
+def test_a_payload_too_short_for_its_peer_trailer_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="too short for its peer address"):
+        _handles.split_peer(_handles.SOCKET, _handles.TCP6 | _handles.PEER, b"12345")
