@@ -264,7 +264,7 @@ class Pool(EventEmitter):
         if self.heartbeat:
             every = min(HEARTBEAT_EVERY, self.heartbeat / 4)
             self._pinger = gevent.get_hub().loop.timer(every, every, ref=False)
-            self._pinger.start(self._ping)
+            self._pinger.start(submit, self._ping)  # not in the hub: listeners may block
         for slot in range(size):
             self._spawn(slot, announce=False)
         for worker in self._live:  # now, so that a listener added next sees them all
@@ -434,8 +434,8 @@ class Pool(EventEmitter):
             return
         self._ready(worker)
         if state == "retiring":
-            worker.retiring = True
-            self._release(worker)
+            worker.retiring = True  # from now on: no new sends
+            submit(self._release, worker)  # not in the channel's reader: fork() waits
 
     def _release(self, worker: _Worker) -> None:
         """``worker`` retires: start its replacement now, unless its slot is gone."""
@@ -507,7 +507,7 @@ class Pool(EventEmitter):
         worker.timer.stop()
         self._live.remove(worker)
         if worker.retiring:
-            worker.released = True  # replaced already, or its slot is gone
+            self._release(worker)  # unless replaced already, or its slot is gone
         # Every send to it was answered (ACK, NACK or ChannelClosedError)
         # before its channel closed; a job left here is judged the same way.
         left = list(worker.serving) + list(worker.sending)
