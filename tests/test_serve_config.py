@@ -176,7 +176,9 @@ def test_target_is_required(capsys):
 
 
 CONFIG = """\
-    import multiprocessing  # modules and _names are the file's own helpers
+    import multiprocessing  # modules, _names and imports are the file's own helpers
+    from os import environ, cpu_count
+    from collections import OrderedDict
     _workers = 3
     bind = ["127.0.0.1:0", "unix:/tmp/serve.sock"]
     workers = _workers

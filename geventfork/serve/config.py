@@ -42,6 +42,8 @@ CONFIG_NAMES = (
 )
 #: A pool's name appears in log lines (``pool=NAME``): no spaces or '='.
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+#: The config file runs as a module of this name.
+_CONFIG_MODULE = "__config__"
 #: gunicorn's port when ``--bind`` gives a host alone.
 _DEFAULT_PORT = 8000
 
@@ -314,8 +316,8 @@ def _load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     names = _run_config(parser, path)
     values: Dict[str, Any] = {}
     for name, value in names.items():
-        if name.startswith("_") or isinstance(value, types.ModuleType):
-            continue  # the file's own helpers: _private names, imported modules
+        if _is_helper(name, value):
+            continue
         if name not in CONFIG_NAMES:
             parser.error(
                 f"{path}: unknown setting {name!r}; settings are the long options "
@@ -325,6 +327,20 @@ def _load_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     return values
 
 
+def _is_helper(name: str, value: Any) -> bool:
+    """Whether a config file's name is its own business, not a setting.
+
+    ``_private`` names, modules and what it imported (``from os import
+    cpu_count, environ``) are; a function it defines is not (gunicorn's hooks, such as
+    ``post_fork``, are not settings here: better said than ignored).
+    """
+    if name.startswith("_") or isinstance(value, types.ModuleType):
+        return True
+    # Functions, classes and their instances know their module; numbers, strings
+    # and lists do not, and are settings.
+    return getattr(value, "__module__", _CONFIG_MODULE) != _CONFIG_MODULE
+
+
 def _run_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     """The top-level names of the config file at ``path``; one line if it fails to run."""
     import runpy
@@ -332,7 +348,7 @@ def _run_config(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         parser.error(f"argument -c/--config: {path!r}: no such file")
     try:
-        return runpy.run_path(path, run_name="__config__")
+        return runpy.run_path(path, run_name=_CONFIG_MODULE)
     except Exception as exc:  # the user's file: one line naming where and why
         parser.error(f"{path}: {_where(exc, path)}{type(exc).__name__}: {_one_line(exc)}")
 
