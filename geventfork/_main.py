@@ -30,11 +30,13 @@ USAGE_ERROR = 2
 #: are added here.
 COMMANDS = {
     "run": "run SCRIPT [ARGS...]   the same as geventfork SCRIPT [ARGS...]",
+    "serve": "serve TARGET [OPTIONS] the drop-in pre-fork server (geventfork serve --help)",
 }
 
 USAGE = """\
 usage: geventfork [-h] [-V] SCRIPT [ARGS...]
        geventfork run SCRIPT [ARGS...]
+       geventfork serve TARGET [OPTIONS]
        python -m geventfork ... (the same)
 """
 
@@ -105,6 +107,8 @@ def _parse(args: List[str]) -> Tuple[str, List[str]]:
         if option == "--":
             break
         _exit_with(f"{USAGE}geventfork: error: unknown option {option}\n", USAGE_ERROR)
+    if args and args[0] == "serve":
+        _serve(args[1:])
     if args and args[0] in COMMANDS:
         command = args.pop(0)
         if args and args[0] in ("-h", "--help"):
@@ -114,6 +118,24 @@ def _parse(args: List[str]) -> Tuple[str, List[str]]:
     if not args:
         _exit_with(USAGE, USAGE_ERROR)
     return args[0], args[1:]
+
+
+def _serve(args: List[str]) -> NoReturn:
+    """``geventfork serve ARGS``: usage errors first, unpatched; then patch and serve.
+
+    The command line is checked before gevent is imported, so ``--help`` and
+    a mistake are answered at once; the config file runs after ``patch_all()``
+    (it is the user's code), inside ``geventfork.serve.main``.
+    """
+    from .serve import config
+
+    config.parse_arguments(args)
+    from gevent import monkey
+
+    monkey.patch_all()  # the parent too: it serves with gevent, and runs the config file
+    from .serve import main as serve
+
+    serve(args)
 
 
 def _help() -> str:
