@@ -117,8 +117,15 @@ class Owner(Protocol):
     the channel calls nothing private of its owner's.
     """
 
-    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
-        """A message (and its handle, or None) arrived."""
+    @property
+    def receiving(self) -> bool:
+        """Whether a message now would be kept for ``recv()`` (its ACK then waits)."""
+
+    def on_channel_message(
+        self, message: Any, handle: Optional[_handles.Handle], ident: int = 0
+    ) -> None:
+        """A message (and its handle, or None) arrived; a non-zero ``ident`` is
+        to be acknowledged (``Channel.acknowledge``) when ``recv()`` takes it."""
 
     def on_channel_error(self, err: BaseException) -> None:
         """A failure with no send callback to take it (a bad frame, a lost handle)."""
@@ -627,6 +634,10 @@ class Channel:
             self._owner.on_channel_message(message, None)
             return
         message, handle, answer = self._take(frame)
+        if answer == _wire.ACK and frame.ident and self._owner.receiving:
+            # Kept for recv(): acknowledged when recv() returns it.
+            self._owner.on_channel_message(message, handle, frame.ident)
+            return
         if frame.ident and answer:
             self._enqueue(_wire.encode_ack(frame.ident, answer), (), None)
         if answer == _wire.ACK:
@@ -682,6 +693,19 @@ class Channel:
             raise
         del fds[0]
         return message, handle
+
+    def acknowledge(self, ident: int) -> bool:
+        """ACK message ``ident``, which the owner kept for ``recv()``.
+
+        Returns:
+            False when it can no longer be (the channel is not open any
+            more): its sender has been told it failed and keeps the handle,
+            so the caller must drop the message and close its handle.
+        """
+        if self.state is not State.OPEN:
+            return False
+        self._enqueue(_wire.encode_ack(ident, _wire.ACK), (), None)
+        return True
 
     def _send_done(self, ident: int) -> None:
         """A handle the sender asked to hear about is done with: say so.

@@ -10,8 +10,12 @@ returned reports through the callback, or ``'error'``.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Deque, Iterator, List, Optional, Tuple
+
+from gevent.event import Event
 
 from . import _handles
 from ._channel import Callback, Channel
@@ -52,15 +56,25 @@ def check_send_arguments(options: object, callback: object) -> None:
         raise TypeError(f"send() callback must be callable or None, not {type(callback).__name__}")
 
 
+#: A message kept for ``recv()``: ``(message, handle, ident)``; a non-zero
+#: ``ident`` is acknowledged when ``recv()`` returns it.
+_Kept = Tuple[Any, Optional[_handles.Handle], int]
+
+
 class ChannelOwner(EventEmitter):
     """What ``ChildProcess`` and ``process`` share: an optional ``Channel``,
-    whose ``send()`` checks its arguments and the channel first."""
+    whose ``send()`` checks its arguments and the channel first, and
+    ``recv()``, for code that would rather wait for a message than listen."""
 
     def __init__(self) -> None:
         super().__init__()
         #: The IPC channel, or None when there is none.
         self.channel: Optional[Channel] = None
         self._disconnect_called = False
+        self._inbox: Optional[Deque[_Kept]] = None  # made by the first recv()
+        self._arrived = Event()  # set when a message is kept, or the channel closed
+        self._receivers = 0  # greenlets waiting in recv()
+        self._channel_gone = False  # 'disconnect' was heard
 
     @property
     def connected(self) -> bool:
@@ -110,6 +124,95 @@ class ChannelOwner(EventEmitter):
             raise ChannelClosedError(f"cannot send: {reason or 'there is no IPC channel'}")
         return self.channel.send(message, handle, options, callback)
 
+    def recv(self, timeout: Optional[float] = None) -> Tuple[Any, Optional[_handles.Handle]]:
+        """Wait for the next message; return ``(message, handle)`` (``handle`` may be None).
+
+        Blocks the calling greenlet only. Messages come in the order they
+        were sent. A message with a handle is acknowledged when ``recv()``
+        returns it (a ``'message'`` listener's is acknowledged on receipt),
+        so a sender such as a ``Pool`` knows this process has taken it.
+
+        Who gets a message: the ``'message'`` listeners when there are any,
+        else ``recv()``. From the first ``recv()`` on, messages that arrive
+        with no listener are kept for ``recv()``, in order, instead of being
+        dropped (``process`` also keeps those that arrived while the
+        script's top level ran). Not in Node, which has only the event.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as the
+                channel is open.
+
+        Raises:
+            ChannelClosedError: the channel is closed (or there is none)
+                and no message is left.
+            TimeoutError: no message within ``timeout`` seconds.
+        """
+        inbox = self._open_inbox()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while inbox:
+                message, handle, ident = inbox.popleft()
+                if ident and not self._acknowledge(ident, handle):
+                    continue
+                return message, handle
+            if self.channel is None or self._channel_gone or self._disconnect_called:
+                reason = self._closed_reason() or "the IPC channel is closed"
+                raise ChannelClosedError(f"no message: {reason}")
+            self._wait(deadline, timeout)
+
+    def messages(self) -> Iterator[Tuple[Any, Optional[_handles.Handle]]]:
+        """``(message, handle)`` for each message, as ``recv()`` returns them,
+        until the channel closes::
+
+            for message, handle in process.messages():
+                ...
+        """
+        while True:
+            try:
+                item = self.recv()
+            except ChannelClosedError:
+                return
+            yield item
+
+    @property
+    def receiving(self) -> bool:
+        """Hook: whether a message arriving now is kept for ``recv()`` (its ACK then waits)."""
+        return self._inbox is not None and not self._listeners.get("message")
+
+    def _open_inbox(self) -> Deque[_Kept]:
+        if self._inbox is None:
+            self._inbox = deque((message, handle, 0) for message, handle in self._held_messages())
+        return self._inbox
+
+    def _held_messages(self) -> List[Tuple[Any, Optional[_handles.Handle]]]:
+        """Messages that arrived before the first ``recv()`` and still wait
+        for someone (``process`` holds some): they go to ``recv()``."""
+        return []
+
+    def _wait(self, deadline: Optional[float], timeout: Optional[float]) -> None:
+        """Wait until a message is kept or the channel closed; TimeoutError past ``deadline``."""
+        self._arrived.clear()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._receivers += 1
+        if self._receivers == 1:
+            self._listeners_changed("message")  # a waiting recv() keeps the process alive
+        try:
+            if not self._arrived.wait(remaining):
+                raise TimeoutError(f"no message within {timeout} s")
+        finally:
+            self._receivers -= 1
+            if not self._receivers:
+                self._listeners_changed("message")
+
+    def _acknowledge(self, ident: int, handle: Optional[_handles.Handle]) -> bool:
+        """ACK a kept message; False (its handle closed) when the channel can no
+        longer: its sender then keeps the handle and may send it elsewhere."""
+        if self.channel is not None and self.channel.acknowledge(ident):
+            return True
+        if handle is not None:
+            _handles.close(handle)
+        return False
+
     def disconnect(self) -> None:
         """Flush queued messages, then close the channel; both ends get ``'disconnect'``."""
         if self.channel is not None and self.channel.connected:
@@ -129,12 +232,23 @@ class ChannelOwner(EventEmitter):
             return "the IPC channel is closed"
         return None
 
-    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
+    def on_channel_message(
+        self, message: Any, handle: Optional[_handles.Handle], ident: int = 0
+    ) -> None:
         """Hook: the channel calls this when a message (and its handle, or None) arrived.
 
         The library's own messages (``is_internal``) are ``'internalMessage'``.
+        A non-zero ``ident`` (asked for by ``receiving``) is acknowledged
+        here, or by the ``recv()`` that takes the message.
         """
-        event = "internalMessage" if is_internal(message) else "message"
+        internal = is_internal(message)
+        if self._inbox is not None and not internal and not self._listeners.get("message"):
+            self._inbox.append((message, handle, ident))
+            self._arrived.set()
+            return
+        if ident and not self._acknowledge(ident, handle):
+            return
+        event = "internalMessage" if internal else "message"
         if not self.emit(event, message, handle) and handle is not None:
             _handles.close(handle)  # nobody will take it: never leak it
 
@@ -153,5 +267,17 @@ class ChannelOwner(EventEmitter):
             log.warning("%r: %s (%s; no 'error' listener)", self, err, type(err).__name__)
 
     def on_channel_closed(self) -> None:
-        """Hook: the channel calls this once, when it closes: ``'disconnect'``."""
+        """Hook: the channel calls this once, when it closes: ``'disconnect'``.
+
+        Kept messages not yet acknowledged are dropped, their handles closed
+        (their senders were told they failed); ``recv()`` returns the
+        others, then raises.
+        """
+        if self._inbox:
+            for _message, handle, ident in self._inbox:
+                if ident and handle is not None:
+                    _handles.close(handle)
+            self._inbox = deque(item for item in self._inbox if not item[2])
+        self._channel_gone = True
+        self._arrived.set()
         self.emit("disconnect")

@@ -99,22 +99,32 @@ class Process(ChannelOwner):
             callback()
         super().disconnect()
 
-    def on_channel_message(self, message: Any, handle: Optional[_handles.Handle]) -> None:
-        """Hook (see ``ChannelOwner``): held until the top level returned if nobody listens yet."""
+    def on_channel_message(
+        self, message: Any, handle: Optional[_handles.Handle], ident: int = 0
+    ) -> None:
+        """Hook (see ``ChannelOwner``): held until the top level returned if
+        nobody listens yet and ``recv()`` was never called."""
         if (
             self._held is not None
+            and self._inbox is None
             and not self._listeners.get("message")
             and not is_internal(message)
         ):
             self._held.append((message, handle))  # Node holds these too
         else:
-            super().on_channel_message(message, handle)
+            super().on_channel_message(message, handle, ident)
+
+    def _held_messages(self) -> List[Tuple[Any, Optional[_handles.Handle]]]:
+        held = self._held or []
+        if self._held is not None:
+            self._held = []
+        return held
 
     def _listeners_changed(self, event: str) -> None:
         if event not in ("message", "disconnect") or self.channel is None:
             return
         self.channel.on_owner_listening(
-            self.listener_count("message") + self.listener_count("disconnect") > 0
+            self.listener_count("message") + self.listener_count("disconnect") + self._receivers > 0
         )
         if event == "message" and self._held and self.listener_count("message"):
             held, self._held = self._held, []

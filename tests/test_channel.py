@@ -75,6 +75,8 @@ class End:
         self.ch = Channel(sock, self, codec, **options)
 
     # The owner interface Channel reports to.
+    receiving = False  # every message goes to the listeners (no recv())
+
     def on_channel_message(self, message: Any, handle: Any) -> None:
         self.messages.put((message, handle))
 
