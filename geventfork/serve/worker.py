@@ -230,7 +230,11 @@ class Worker:
                 process.disconnect()
 
     def _give_up(self) -> None:
-        """``graceful_timeout`` passed while retiring: exit, whatever is left."""
+        """``graceful_timeout`` passed while retiring: exit, whatever is left.
+
+        The pool keeps its own copy of each connection left, and ends it
+        gracefully once this worker is gone: no client gets a reset.
+        """
         from .. import process
 
         log.warning(
@@ -239,11 +243,10 @@ class Worker:
             len(self._connections),
         )
         if process.connected:
-            process.once("disconnect", _exit_now)
-            self._disconnecting = True
+            # Not waiting for 'disconnect': the channel holds the connections
+            # left until they are done, and only then says it closed.
             process.disconnect()
-        else:
-            _exit_now()
+        gevent.get_hub().loop.run_callback(_exit_now)  # after the flush just scheduled
 
 
 def _exit_now() -> None:
