@@ -7,6 +7,7 @@ hand-backs, and can serve a handed-back connection again with its head, as
 the next worker would.
 """
 
+import _socket
 import http.client
 import logging
 import socket
@@ -295,3 +296,15 @@ def test_client_eof_between_requests_ends_the_connection(site):
     deadline = time.monotonic() + TIMEOUT
     gevent.joinall(s.greenlets, timeout=deadline - time.monotonic())
     assert all(g.dead for g in s.greenlets)
+
+
+def test_unix_socket_connection(site):
+    s = site()
+    ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.serve(net.Socket(ours))
+    with socket.socket(fileno=theirs.detach()) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"GET /server HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = read_to_eof(sock)
+    assert answer.endswith(b"\r\n\r\n:")  # SERVER_NAME and SERVER_PORT: "" for an unnamed socket
+    assert s.host.requests == [("GET /server HTTP/1.1", 200, 1)]

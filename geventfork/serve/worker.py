@@ -92,17 +92,12 @@ class Worker:
 
     def on_message(self, message: Any, handle: Any) -> None:
         """A connection from the parent: serve it here, or hand it back at once."""
-        if not (
-            isinstance(message, dict)
-            and message.get("op") == "connection"
-            and isinstance(message.get("head", ""), str)
-            and isinstance(handle, Socket)
-        ):
+        head = _head(message) if isinstance(handle, Socket) else None
+        if head is None:
             log.warning("unexpected message from the parent: %.100r", message)
             if isinstance(handle, Socket):
                 end_gracefully(handle)
             return
-        head = message.get("head", "").encode("latin-1")
         self._connections.add(handle)
         if self.leaving == RETIRE and not self._disconnecting:
             self.hand_back(handle, head)
@@ -247,6 +242,17 @@ class Worker:
             # left until they are done, and only then says it closed.
             process.disconnect()
         gevent.get_hub().loop.run_callback(_exit_now)  # after the flush just scheduled
+
+
+def _head(message: Any) -> Optional[bytes]:
+    """The bytes of a ``{"op": "connection", "head": STR}`` message; None for another."""
+    if not isinstance(message, dict) or message.get("op") != "connection":
+        return None
+    head = message.get("head", "")
+    try:
+        return head.encode("latin-1") if isinstance(head, str) else None
+    except UnicodeEncodeError:
+        return None
 
 
 def _exit_now() -> None:

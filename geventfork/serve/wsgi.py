@@ -334,7 +334,8 @@ class Connection:
         self._waiter = waiter
         readable.start(self._wake_now, READ)
         if timer is not None:
-            timer.again(self._wake_now, IDLE)
+            # update: the loop's clock may be as old as the request just served.
+            timer.again(self._wake_now, IDLE, update=True)
         self.host.waiting(self, True)
         try:
             reason: str = waiter.get()
