@@ -214,7 +214,7 @@ def test_a_retiring_worker_exits_after_the_graceful_timeout(parent):
         assert sock.recv(4) == b"ping"
         assert p.next("exit") == {"exit": pid, "code": 0, "signal": None}
         assert read_to_eof(sock) == b""
-    assert any("graceful timeout" in line for line in p.stderr)
+    wait_until(lambda: any("graceful timeout" in line for line in p.stderr), "the warning")
 
 
 def test_stop_finishes_busy_requests_and_closes_idle_ones(parent):
@@ -276,9 +276,9 @@ def test_handler_that_raises_is_logged_and_the_client_gets_eof(parent):
             sock.sendall(b"x" * 1000)  # some of it unread by the handler: still no reset
             assert read_to_eof(sock) == b""
     assert settled_fd_count(pid, before) == before
-    text = "".join(p.stderr)
-    assert "[ERROR] Error handling connection from ('127.0.0.1'," in text
-    assert text.count("ValueError: the handler failed on purpose") == 4
+    failure = "ValueError: the handler failed on purpose"
+    wait_until(lambda: "".join(p.stderr).count(failure) == 4, "four tracebacks")
+    assert "[ERROR] Error handling connection from ('127.0.0.1'," in "".join(p.stderr)
 
 
 def test_a_target_that_does_not_load_is_one_line_and_status_1():
