@@ -113,9 +113,10 @@ def access_lines(path, count):
 
 
 def settled_fd_count(pid, expected):
-    """Wait for ``pid`` to have ``expected`` fds open (closes may be deferred); return the count."""
+    """Wait for ``pid`` to have at most ``expected`` fds open (closes may be
+    deferred, and lingering ones wait for the client); return the count."""
     try:
-        wait_until(lambda: fd_count(pid) == expected, f"worker {pid} back to {expected} fds")
+        wait_until(lambda: fd_count(pid) <= expected, f"worker {pid} back to {expected} fds")
     except AssertionError:
         pass
     return fd_count(pid)
@@ -156,7 +157,7 @@ def test_worker_fds_come_back_after_connections(parent):
     with socket.create_connection(("127.0.0.1", p.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"NONSENSE\r\n\r\n")
         assert read_to_eof(sock).startswith(b"HTTP/1.1 400")
-    assert settled_fd_count(pid, before) == before
+    assert settled_fd_count(pid, before) <= before
 
 
 def test_idle_connection_goes_back_to_the_parent_and_on_serving(parent):
@@ -168,7 +169,7 @@ def test_idle_connection_goes_back_to_the_parent_and_on_serving(parent):
     get(conn, "/")
     port = conn.sock.getsockname()[1]
     assert p.next("idle") == {"idle": "", "pid": pid}
-    assert settled_fd_count(pid, before) == before  # its copy closed once handed back
+    assert settled_fd_count(pid, before) <= before  # its copy closed once handed back
     assert get(conn, "/")[1] == b"hello"  # the parent sent it to the pool again
     assert conn.sock.getsockname()[1] == port
     conn.close()
@@ -248,11 +249,19 @@ def test_socketserver_handler(parent, tmp_path):
 
 def test_simple_http_request_handler(parent):
     p = parent("serve_apps:Files")
-    conn = p.connect()
-    response, body = get(conn, "/serve_apps.py")
+    pid = p.next("spawn")["spawn"]
     with open(os.path.join(CHILDREN_DIR, "serve_apps.py"), "rb") as f:
-        assert response.status == 200 and body == f.read()
-    conn.close()
+        expected = f.read()
+    before = None
+    for _ in range(4):
+        conn = p.connect()
+        response, body = get(conn, "/serve_apps.py")
+        assert response.status == 200 and body == expected
+        conn.close()
+        if before is None:
+            gevent.sleep(0.3)  # the first connection's closing settles
+            before = fd_count(pid)
+    assert settled_fd_count(pid, before) <= before
 
 
 def test_plain_handler(parent):
@@ -275,7 +284,7 @@ def test_handler_that_raises_is_logged_and_the_client_gets_eof(parent):
         with socket.create_connection(("127.0.0.1", p.port), timeout=TIMEOUT) as sock:
             sock.sendall(b"x" * 1000)  # some of it unread by the handler: still no reset
             assert read_to_eof(sock) == b""
-    assert settled_fd_count(pid, before) == before
+    assert settled_fd_count(pid, before) <= before
     failure = "ValueError: the handler failed on purpose"
     wait_until(lambda: "".join(p.stderr).count(failure) == 4, "four tracebacks")
     assert "[ERROR] Error handling connection from ('127.0.0.1'," in "".join(p.stderr)
