@@ -10,7 +10,11 @@ at error level, as gunicorn logs a failed request), the connection is ended
 gracefully: FIN at once, the client's unread bytes drained, never a reset.
 
 Such connections are never handed back to the parent: the protocol is the
-handler's, so nothing says when one is between requests.
+handler's, so nothing says when one is between requests. For the same
+reason a connection that arrives with bytes already read (``head``: only a
+WSGI worker hands connections back with some) is refused, ended gracefully
+with a warning, rather than given to the handler through a socket wrapper
+that ``makefile()`` and blocking code would see through.
 """
 
 from __future__ import annotations
