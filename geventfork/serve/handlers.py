@@ -28,7 +28,7 @@ from .. import _platform
 if TYPE_CHECKING:  # pragma: no cover
     from .._stream import Socket
 
-__all__ = ["HandlerServer", "Served", "end_gracefully", "serve_handler"]
+__all__ = ["HandlerServer", "Served", "end_gracefully", "peer_address", "serve_handler"]
 
 log = logging.getLogger("geventfork.serve")
 
@@ -50,6 +50,22 @@ def end_gracefully(net_socket: Socket) -> None:
         net_socket.destroy()
     else:
         net_socket.end()
+
+
+def peer_address(net_socket: Socket) -> Any:
+    """The client's address as ``accept`` gives it: ``(host, port)``, or a
+    Unix socket's (``""`` for an unnamed one).
+
+    A TCP connection's comes with it from the parent (no system call, and
+    known even once the client reset it).
+    """
+    host, port = net_socket.remote_address, net_socket.remote_port
+    if host is not None and port is not None:
+        return (host, port)
+    try:
+        return net_socket.socket.getpeername()
+    except OSError:  # reset already: whoever uses the socket gets the error
+        return ""
 
 
 class HandlerServer:
@@ -143,10 +159,7 @@ def serve_handler(net_socket: Socket, kind: str, target: Callable[..., Any]) -> 
     """
     sock = net_socket.socket
     start = time.time()
-    try:
-        address: Any = sock.getpeername()
-    except OSError:
-        address = ""
+    address = peer_address(net_socket)
     before = _progress(sock)
     try:
         if kind == "socketserver":

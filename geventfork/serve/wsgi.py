@@ -34,7 +34,7 @@ import gevent
 from gevent.hub import Waiter
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from .handlers import end_gracefully
+from .handlers import end_gracefully, peer_address
 
 if TYPE_CHECKING:  # pragma: no cover
     from types import TracebackType
@@ -239,10 +239,7 @@ class Connection:
         sock = net_socket.socket
         self._feed = _Feed(sock, head)
         self._rfile = io.BufferedReader(self._feed, BUFFER_SIZE)
-        try:
-            address: Any = sock.getpeername()
-        except OSError:  # the client reset it already: _serve gets the error
-            address = ""
+        address = peer_address(net_socket)
         self.server_vars = _server_vars(sock)
         self.handler = Handler(sock, address, server, self._rfile, self)
         self._waiter: Optional[Waiter[str]] = None
