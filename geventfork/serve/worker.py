@@ -166,7 +166,11 @@ class Worker:
 
         try:
             process.send({"op": "idle", "head": head.decode("latin-1")}, net_socket, None, sent)
-        except ChannelClosedError:
+        except ChannelClosedError:  # stopping: the channel closed meanwhile
+            end_gracefully(net_socket)
+            self._release(net_socket)
+        except Exception as exc:  # the socket cannot be sent (destroyed): never left open
+            log.warning("cannot hand a connection back: %s", exc)
             end_gracefully(net_socket)
             self._release(net_socket)
 
