@@ -21,8 +21,19 @@ import gevent
 import pytest
 from gevent.queue import Queue
 
+from geventfork import net
 from geventfork.serve.settings import WorkerSettings
-from helpers import CHILDREN_DIR, TIMEOUT, fd_count, python_env, read_to_eof, take_one, wait_until
+from helpers import (
+    CHILDREN_DIR,
+    TIMEOUT,
+    fd_count,
+    inbox,
+    next_event,
+    python_env,
+    read_to_eof,
+    take_one,
+    wait_until,
+)
 
 WSGI_LINE = re.compile(
     r"127\.0\.0\.1 - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
@@ -302,3 +313,50 @@ def test_a_target_that_does_not_load_is_one_line_and_status_1():
     assert done.returncode == 1
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and "no_such_module_here" in lines[0] and "[ERROR]" in lines[0]
+
+
+@pytest.fixture
+def accepted():
+    """``accepted()``: a connected (client socket, server-side ``net.Socket``) pair."""
+    server = net.create_server(pause_on_connect=True)
+    server.listen(0, "127.0.0.1")
+    made = []
+
+    def connect():
+        arrived = next_event(server, "connection")
+        client = socket.create_connection(("127.0.0.1", server.address()["port"]), timeout=TIMEOUT)
+        made.append(client)
+        return client, arrived.get(timeout=TIMEOUT)[0]
+
+    yield connect
+    server.close()
+    for client in made:
+        client.close()
+
+
+def test_a_retired_worker_hands_new_arrivals_straight_back(spawn_child, accepted):
+    settings = WorkerSettings("serve_apps:app", False, "default")
+    child = spawn_child("serve_retired.py", settings.to_json())
+    messages = inbox(child, handles=True)
+    client, conn = accepted()
+    client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    child.send({"op": "connection", "head": "\xe9arlier bytes"}, conn)
+    message, handle = take_one(messages, "the connection back")
+    assert message == {"op": "idle", "head": "\xe9arlier bytes"}  # latin-1 both ways
+    assert handle.socket.recv(100, socket.MSG_PEEK).startswith(b"GET / ")  # nothing read
+    handle.socket.sendall(b"still here")
+    assert client.recv(100) == b"still here"
+    handle.destroy()
+    assert child.wait(TIMEOUT) == 0  # with no connection left, it disconnected and exited
+
+
+def test_a_message_that_is_not_a_connection_is_one_line_and_its_socket_ended(spawn_child, accepted):
+    settings = WorkerSettings("serve_apps:app", False, "default")
+    child = spawn_child("serve_retired.py", settings.to_json(), silent=True)
+    client, conn = accepted()
+    child.send({"op": "nonsense"}, conn)
+    assert read_to_eof(client) == b""
+    child.disconnect()
+    assert child.wait(TIMEOUT) == 0
+    lines = child.stderr.read().decode().splitlines()
+    assert len(lines) == 1 and "unexpected message from the parent" in lines[0], lines
