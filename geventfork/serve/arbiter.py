@@ -1,0 +1,412 @@
+"""The parent of ``geventfork serve``: binds, pools, routing, signals, pid file.
+
+It accepts every connection (nothing read), picks a pool by the client's
+address, and hands the socket to a worker of that pool; it holds the
+keep-alive connections workers hand back between requests (``idle.py``).
+Signals, as gunicorn's arbiter takes them: TERM/INT stop gracefully, QUIT
+quickly, HUP reloads, TTIN/TTOU add or remove a worker of the default pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal as _signal
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+import gevent
+from gevent.event import AsyncResult
+
+from .. import __version__
+from .._pool import Pool
+from ..child_process import ChildProcess
+from ..net import Socket
+from .idle import IdleConnections
+from .listeners import BindError, Listener, listen_all
+from .routing import Router, pool_sizes
+from .settings import DEFAULT_POOL, Settings, WorkerSettings
+
+__all__ = ["run", "Arbiter", "WORKER_MODULE", "CHECK_TIMEOUT"]
+
+#: The script every worker runs, with a ``WorkerSettings`` JSON as its argument.
+WORKER_MODULE = "geventfork.serve.worker"
+#: Seconds the reload's check of the target (a fresh import) may take.
+CHECK_TIMEOUT = 60.0
+
+
+class StartupError(Exception):
+    """The server cannot start: ``str()`` is the one line to show."""
+
+
+def run(settings: Settings, log: logging.Logger) -> int:
+    """Serve ``settings.target`` until a signal stops the server.
+
+    Called by ``geventfork.serve.main`` once the process is patched, the
+    options parsed and the target checked.
+
+    Args:
+        settings: what to serve, and how.
+        log: the server's logger (gunicorn's line format).
+
+    Returns:
+        The exit status: 0 after a stop by signal, 1 when the server could not
+        start (one line logged; no worker left running).
+    """
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            log.error("cannot change to directory %s: %s", settings.chdir, exc.strerror or exc)
+            return 1
+    return Arbiter(settings, log).run()
+
+
+class Arbiter:
+    """The parent process's state: listeners, pools, idle connections.
+
+    Args:
+        settings: what to serve, and how.
+        log: the server's logger.
+    """
+
+    def __init__(self, settings: Settings, log: logging.Logger) -> None:
+        self.settings = settings
+        self.log = log
+        self.cwd = os.getcwd()
+        self.router = Router(settings.route)
+        self.listeners: List[Listener] = []
+        self.pools: Dict[str, Pool] = {}
+        self.idle = IdleConnections(self._hand_off)
+        self.stopping = False
+        self._booted: set[int] = set()  # the first workers' pids, logged with their pool
+        self._pid_file: Optional[str] = None
+        self._exit: AsyncResult[int] = AsyncResult()
+        self._reloading = False
+        self._reload_again = False
+
+    # -- life -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, serve until stopped by a signal, clean up.
+
+        Returns:
+            The exit status (see ``run()``).
+        """
+        try:
+            self._start()
+        except StartupError as exc:
+            self.log.error("%s", exc)
+            self._stop_pools(0)
+            self._release()
+            return 1
+        handlers = self._install_signal_handlers()
+        try:
+            return self._exit.get()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self._release()
+
+    def _start(self) -> None:
+        """Bind first, so that a bind that fails leaves no worker behind."""
+        try:
+            self.listeners = listen_all(self.settings.bind)
+        except BindError as exc:
+            raise StartupError(str(exc)) from None
+        self._write_pid_file()
+        self.log.info("starting geventfork %s (pid %d)", __version__, os.getpid())
+        for listener in self.listeners:
+            self.log.info("listening on %s", listener.url)
+        for name, size in pool_sizes(self.settings.workers, self.settings.route):
+            self.pools[name] = self._new_pool(name, size)
+            pids = ", ".join(str(child.pid) for child in self.pools[name].workers)
+            self._booted.update(child.pid for child in self.pools[name].workers if child.pid)
+            self.log.info("pool %s: %d worker%s (pids %s)", name, size, _s(size), pids)
+        for listener in self.listeners:
+            listener.server.on("connection", self._on_connection)
+            listener.server.on("error", self._on_server_error)
+
+    def _new_pool(self, name: str, size: int) -> Pool:
+        settings = self.settings
+        args = WorkerSettings(
+            target=settings.target,
+            handler=settings.handler,
+            pool=name,
+            max_requests=settings.max_requests,
+            idle_return=settings.idle_return,
+            graceful_timeout=settings.graceful_timeout,
+            access_log=settings.access_log,
+            log_level=settings.log_level,
+        ).to_json()
+        try:
+            pool = Pool(
+                WORKER_MODULE,
+                size,
+                [args],
+                shutdown_timeout=settings.graceful_timeout,
+                heartbeat=settings.timeout or None,
+                cwd=self.cwd,
+                serialization="json",
+            )
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot start the workers of pool {name}: {exc}") from None
+        self._watch_pool(name, pool)
+        return pool
+
+    def _watch_pool(self, name: str, pool: Pool) -> None:
+        pool.on("message", lambda worker, message, handle: self._on_message(message, handle))
+        pool.on("spawn", lambda worker: self._on_spawn(name, worker))
+        pool.on("exit", lambda worker, code, signal: self._on_exit(name, worker, code, signal))
+        pool.on("timeout", lambda worker: self._on_timeout(name, worker))
+        pool.on("error", lambda err: self._on_pool_error(name, err))
+
+    def _release(self) -> None:
+        """Close what is left: listeners (and their socket files), the pid file."""
+        for listener in self.listeners:
+            listener.close()
+        self.listeners = []
+        self._remove_pid_file()
+
+    # -- connections ------------------------------------------------------
+
+    def _on_connection(self, conn: Socket) -> None:
+        self._hand_off(conn, "")
+
+    def _hand_off(self, conn: Socket, head: str) -> None:
+        """Send ``conn`` to a worker of its client's pool, with the bytes of
+        its next request a worker read already (``head``)."""
+        if self.stopping:
+            conn.end()
+            return
+        pool = self.pools[self.router.pool_for(conn.remote_address)]
+        conn.pause()  # the worker reads it; nothing here ever does
+        try:
+            # A send that fails later ends the socket (the client gets EOF)
+            # and is reported as the pool's 'error'.
+            pool.send({"op": "connection", "head": head}, conn)
+        except Exception as exc:
+            self.log.error("cannot hand a connection to a worker: %s", exc)
+            conn.end()
+
+    def _on_message(self, message: Any, handle: Any) -> None:
+        """A worker's message: an idle connection handed back, or nothing we know."""
+        if not isinstance(handle, Socket):
+            if handle is not None:
+                handle.close()
+            self.log.debug("ignored a message from a worker: %r", message)
+            return
+        if self.stopping or not isinstance(message, dict) or message.get("op") != "idle":
+            handle.end()
+            return
+        head = message.get("head") or ""
+        self.idle.add(handle, head if isinstance(head, str) else "")
+
+    def _on_server_error(self, err: BaseException) -> None:
+        self.log.error("accepting a connection failed: %s", err)
+
+    # -- pool events ------------------------------------------------------
+
+    def _on_spawn(self, name: str, worker: ChildProcess) -> None:
+        if worker.pid in self._booted:
+            self._booted.discard(worker.pid)  # logged with its pool already
+        elif not self.stopping:
+            self.log.info("pool %s: worker %s started", name, worker.pid)
+
+    def _on_exit(
+        self, name: str, worker: ChildProcess, code: Optional[int], signal: Optional[str]
+    ) -> None:
+        if signal:
+            self.log.warning("pool %s: worker %s killed by %s", name, worker.pid, signal)
+        elif code:
+            self.log.warning("pool %s: worker %s exited with status %s", name, worker.pid, code)
+        else:
+            self.log.info("pool %s: worker %s exited", name, worker.pid)
+
+    def _on_timeout(self, name: str, worker: ChildProcess) -> None:
+        self.log.error(
+            "pool %s: worker %s did not answer for %g s (stuck in a blocking call?): killing it",
+            name,
+            worker.pid,
+            self.settings.timeout,
+        )
+
+    def _on_pool_error(self, name: str, err: BaseException) -> None:
+        line = getattr(err, "summary", None) or str(err).partition("\n")[0]
+        self.log.error("pool %s: %s: %s", name, type(err).__name__, line)
+
+    # -- signals ----------------------------------------------------------
+
+    def _install_signal_handlers(self) -> List[Any]:
+        actions = {
+            _signal.SIGTERM: lambda: self.stop(graceful=True),
+            _signal.SIGINT: lambda: self.stop(graceful=True),
+            _signal.SIGQUIT: lambda: self.stop(graceful=False),
+            _signal.SIGHUP: self.reload,
+            _signal.SIGTTIN: lambda: self.resize(+1),
+            _signal.SIGTTOU: lambda: self.resize(-1),
+        }
+        return [gevent.signal_handler(signum, action) for signum, action in actions.items()]
+
+    def stop(self, graceful: bool) -> None:
+        """Stop accepting; close idle connections; let workers finish
+        (``--graceful-timeout`` s at most, none when not ``graceful``); exit 0.
+
+        QUIT during a graceful stop kills the workers; TERM and INT again do
+        nothing more (a terminal's Ctrl-C may reach the server twice).
+        """
+        if self.stopping:
+            if not graceful:
+                self.log.info("stopping now: killing the workers")
+                self._stop_pools(0)
+            return
+        self.stopping = True
+        timeout = self.settings.graceful_timeout if graceful else 0.0
+        if graceful:
+            self.log.info("stopping: workers get up to %g s to finish", timeout)
+        else:
+            self.log.info("stopping now")
+        for listener in self.listeners:
+            listener.close()
+        self.idle.close_all()
+        self._stop_pools(timeout)
+        self.log.info("stopped")
+        self._exit.set(0)
+
+    def _stop_pools(self, timeout: float) -> None:
+        """Close every pool at once; wait for them all."""
+        gevent.joinall([gevent.spawn(pool.close, timeout) for pool in self.pools.values()])
+
+    def reload(self) -> None:
+        """Check the target in a fresh process; then replace every worker.
+
+        A target that no longer loads keeps the running workers. A HUP that
+        arrives during a reload makes one more reload after it.
+        """
+        if self.stopping:
+            return
+        if self._reloading:
+            self._reload_again = True
+            return
+        self._reloading = True
+        try:
+            again = True
+            while again and not self.stopping:
+                self._reload_again = False
+                self._reload_once()
+                again = self._reload_again
+        finally:
+            self._reloading = False
+
+    def _reload_once(self) -> None:
+        self.log.info("reloading: checking %s", self.settings.target)
+        problem = check_target(self.settings.target, self.settings.handler, self.cwd)
+        if problem is not None:
+            self.log.error("reload failed, the running workers go on: %s", problem)
+            return
+        if self.stopping:
+            return
+        for name, pool in self.pools.items():
+            pool.reload()
+            pids = ", ".join(str(child.pid) for child in pool.workers)
+            self.log.info("pool %s: reloading (workers now %s)", name, pids)
+
+    def resize(self, delta: int) -> None:
+        """One worker more (``+1``) or fewer (``-1``, one at least) in the default pool."""
+        if self.stopping:
+            return
+        pool = self.pools[DEFAULT_POOL]
+        size = max(1, pool.size + delta)
+        if size == pool.size:
+            self.log.info("pool %s: keeping its last worker", DEFAULT_POOL)
+            return
+        pool.resize(size)
+        self.log.info("pool %s: %d worker%s", DEFAULT_POOL, size, _s(size))
+
+    # -- pid file ---------------------------------------------------------
+
+    def _write_pid_file(self) -> None:
+        path = self.settings.pid
+        if not path:
+            return
+        path = os.path.abspath(path)
+        other = _running_pid(path)
+        if other is not None:
+            raise StartupError(f"pid file {path} names a running process ({other})")
+        temp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(temp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(temp, path)  # readers never see a half-written file
+        except OSError as exc:
+            _unlink(temp)
+            raise StartupError(f"cannot write pid file {path}: {exc.strerror or exc}") from None
+        self._pid_file = path
+
+    def _remove_pid_file(self) -> None:
+        path, self._pid_file = self._pid_file, None
+        if path is not None and _read_pid(path) == os.getpid():
+            _unlink(path)
+
+
+def check_target(target: str, handler: bool, cwd: str) -> Optional[str]:
+    """Load ``target`` in a fresh process (``geventfork serve --check``).
+
+    Returns:
+        None if it loads, else the check's last line (what went wrong).
+    """
+    argv = [sys.executable, "-m", "geventfork", "serve", "--check", target]
+    if handler:
+        argv.append("--handler")
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=CHECK_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return f"loading {target} took more than {CHECK_TIMEOUT:g} s"
+    except OSError as exc:
+        return f"cannot run the check: {exc}"
+    if done.returncode == 0:
+        return None
+    lines = (done.stderr + done.stdout).decode("utf-8", "replace").splitlines()
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1] if lines else f"the check exited with status {done.returncode}"
+
+
+def _read_pid(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running_pid(path: str) -> Optional[int]:
+    """The pid in the file at ``path`` if that process runs (and is not us)."""
+    pid = _read_pid(path)
+    if pid is None or pid == os.getpid() or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
