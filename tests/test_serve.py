@@ -540,7 +540,9 @@ def test_idle_connections_closed_by_their_clients_free_their_fds(serve):
     parent = served.proc.pid
     get(served.port)  # every lazy fd of the parent opened
     before = fd_count(parent)
-    conns = [http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT) for _ in range(10)]
+    conns = [
+        http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT) for _ in range(10)
+    ]
     try:
         for conn in conns:
             assert get(None, "/", conn=conn)[0] == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal as _signal
 import subprocess
 import sys
@@ -32,6 +33,9 @@ __all__ = ["run", "Arbiter", "WORKER_MODULE", "CHECK_TIMEOUT"]
 
 #: The script every worker runs, with a ``WorkerSettings`` JSON as its argument.
 WORKER_MODULE = "geventfork.serve.worker"
+#: The time, pid and level that start a log line (``log.FORMAT``), taken off
+#: the check's line before it goes into ours.
+LOG_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] \[[A-Z]+\] ")
 #: Seconds the reload's check of the target (a fresh import) may take.
 CHECK_TIMEOUT = 60.0
 
@@ -103,7 +107,7 @@ class Arbiter:
             return 1
         handlers = self._install_signal_handlers()
         try:
-            return self._exit.get()
+            return self._exit.get() or 0
         finally:
             for handler in handlers:
                 handler.cancel()
@@ -308,9 +312,8 @@ class Arbiter:
         if self.stopping:
             return
         for name, pool in self.pools.items():
+            self.log.info("pool %s: reloading: new workers start, the old ones retire", name)
             pool.reload()
-            pids = ", ".join(str(child.pid) for child in pool.workers)
-            self.log.info("pool %s: reloading (workers now %s)", name, pids)
 
     def resize(self, delta: int) -> None:
         """One worker more (``+1``) or fewer (``-1``, one at least) in the default pool."""
@@ -374,8 +377,8 @@ def check_target(target: str, handler: bool, cwd: str) -> Optional[str]:
         return f"cannot run the check: {exc}"
     if done.returncode == 0:
         return None
-    lines = (done.stderr + done.stdout).decode("utf-8", "replace").splitlines()
-    lines = [line.strip() for line in lines if line.strip()]
+    text = (done.stderr + done.stdout).decode("utf-8", "replace")
+    lines = [LOG_PREFIX.sub("", line).strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else f"the check exited with status {done.returncode}"
 
 
