@@ -204,6 +204,22 @@ def lines_client(port, lines):
         return answers
 
 
+def read_response(sock) -> bytes:
+    """One whole HTTP response (with a Content-Length) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF inside the headers: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"EOF inside the body: {data!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -213,15 +229,23 @@ def copy_app(tmp_path, name="pidapp.py"):
     return tmp_path
 
 
-def loader(port, results, stop, path="/"):
-    """Requests, each on a new connection, until ``stop`` is set; results are
-    ("ok", body) or ("error", repr)."""
+def loader(port, results, stop, keep_alive=False):
+    """GET / until ``stop`` is set, each on a new connection or all on one
+    (``keep_alive``); results get ("ok", body) or ("error", what went wrong)."""
+    conn = None
     while not stop.is_set():
+        if conn is None and keep_alive:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         try:
-            status, body = get(port, path)
+            status, body = get(port, "/", conn=conn)
             results.append(("ok", body) if status == 200 else ("error", f"status {status}"))
         except Exception as exc:  # a failed request is the finding
             results.append(("error", repr(exc)))
+            if conn is not None:
+                conn.close()
+                conn = None
+    if conn is not None:
+        conn.close()
 
 
 # -- targets --------------------------------------------------------------------
@@ -418,12 +442,13 @@ def test_sigquit_stops_at_once(serve):
 
 
 def test_sighup_under_load(serve, tmp_path):
+    """Clients on new connections and on kept-alive ones see no error."""
     copy_app(tmp_path)
     served = serve("pidapp:app", "-w", "2", cwd=str(tmp_path)).started()
     old = set(served.pids["default"])
     results: list = []
     stop = Event()
-    clients = [gevent.spawn(loader, served.port, results, stop) for _ in range(4)]
+    clients = [gevent.spawn(loader, served.port, results, stop, i % 2 == 1) for i in range(4)]
     try:
         gevent.sleep(0.5)
         app = tmp_path / "pidapp.py"
@@ -446,6 +471,7 @@ def test_sighup_under_load(serve, tmp_path):
 def test_sighup_with_a_broken_app_keeps_the_workers(serve, tmp_path):
     copy_app(tmp_path)
     served = serve("pidapp:app", "-w", "1", cwd=str(tmp_path)).started()
+    assert get(served.port)[0] == 200  # the worker imported the app
     (tmp_path / "pidapp.py").write_text("this is not python\n")
     served.kill(signal.SIGHUP)
     served.wait_for(r"reload failed.*pidapp", START_TIMEOUT)
@@ -535,36 +561,46 @@ def test_keep_alive_connection_across_max_requests(serve):
 # -- idle connections held by the parent ----------------------------------------
 
 
-def test_idle_connections_closed_by_their_clients_free_their_fds(serve):
+def settled_fd_count(pid, expected=None):
+    """The fd count of ``pid`` once it holds still (or reaches ``expected``)."""
+    deadline = time.monotonic() + TIMEOUT
+    last = fd_count(pid)
+    while time.monotonic() < deadline:
+        gevent.sleep(0.3)
+        now = fd_count(pid)
+        if now == expected or (expected is None and now == last):
+            return now
+        last = now
+    return last
+
+
+def test_idle_connections_go_back_to_the_parent_and_free_their_fds(serve):
     served = serve("pidapp:app", "-w", "1", "--idle-return", "0.2").started()
-    parent = served.proc.pid
-    get(served.port)  # every lazy fd of the parent opened
-    before = fd_count(parent)
+    parent, worker = served.proc.pid, served.pids["default"][0]
+    get(served.port)  # every lazy fd of both opened
+    parent_before, worker_before = settled_fd_count(parent), settled_fd_count(worker)
     conns = [
         http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT) for _ in range(10)
     ]
     try:
         for conn in conns:
             assert get(None, "/", conn=conn)[0] == 200
-        deadline = time.monotonic() + TIMEOUT
-        while fd_count(parent) < before + 10 and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        assert fd_count(parent) >= before + 10  # handed back: the parent holds them
+        # Idle: handed back; the worker holds none of them, the parent all.
+        assert settled_fd_count(worker, worker_before) == worker_before
+        assert settled_fd_count(parent, parent_before + 10) == parent_before + 10
         assert get(None, "/again", conn=conns[0])[0] == 200  # and serves them again
     finally:
         for conn in conns:
             conn.close()
-    deadline = time.monotonic() + TIMEOUT
-    while fd_count(parent) > before and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-    assert fd_count(parent) == before
+    assert settled_fd_count(parent, parent_before) == parent_before
+    assert settled_fd_count(worker, worker_before) == worker_before
 
 
 def test_sigterm_closes_idle_connections(serve):
     served = serve("pidapp:app", "-w", "1", "--idle-return", "0.2").started()
     with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         gevent.sleep(0.6)  # idle: handed back to the parent
         served.kill(signal.SIGTERM)
         assert sock.recv(65536) == b""  # a clean EOF, not a reset

@@ -15,7 +15,7 @@ import re
 import signal as _signal
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import gevent
 from gevent.event import AsyncResult
@@ -89,6 +89,7 @@ class Arbiter:
         self._exit: AsyncResult[int] = AsyncResult()
         self._reloading = False
         self._reload_again = False
+        self._pending: Optional[List[Callable[[], None]]] = []  # signals during start-up
 
     # -- life -------------------------------------------------------------
 
@@ -98,15 +99,17 @@ class Arbiter:
         Returns:
             The exit status (see ``run()``).
         """
-        try:
-            self._start()
-        except StartupError as exc:
-            self.log.error("%s", exc)
-            self._stop_pools(0)
-            self._release()
-            return 1
+        # Handlers first: a signal during start-up (a TTIN's default action
+        # suspends the process) waits until the pools are up.
         handlers = self._install_signal_handlers()
         try:
+            try:
+                self._start()
+            except StartupError as exc:
+                self.log.error("%s", exc)
+                self._stop_pools(0)
+                return 1
+            self._run_pending()
             return self._exit.get() or 0
         finally:
             for handler in handlers:
@@ -243,7 +246,7 @@ class Arbiter:
     # -- signals ----------------------------------------------------------
 
     def _install_signal_handlers(self) -> List[Any]:
-        actions = {
+        actions: Dict[int, Callable[[], None]] = {
             _signal.SIGTERM: lambda: self.stop(graceful=True),
             _signal.SIGINT: lambda: self.stop(graceful=True),
             _signal.SIGQUIT: lambda: self.stop(graceful=False),
@@ -251,7 +254,21 @@ class Arbiter:
             _signal.SIGTTIN: lambda: self.resize(+1),
             _signal.SIGTTOU: lambda: self.resize(-1),
         }
-        return [gevent.signal_handler(signum, action) for signum, action in actions.items()]
+        return [
+            gevent.signal_handler(signum, self._on_signal, action)
+            for signum, action in actions.items()
+        ]
+
+    def _on_signal(self, action: Callable[[], None]) -> None:
+        if self._pending is not None:
+            self._pending.append(action)  # still starting: after start-up
+        else:
+            action()
+
+    def _run_pending(self) -> None:
+        pending, self._pending = self._pending or [], None
+        for action in pending:
+            gevent.spawn(action)
 
     def stop(self, graceful: bool) -> None:
         """Stop accepting; close idle connections; let workers finish
