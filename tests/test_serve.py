@@ -224,6 +224,19 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fd_count(pid, expected=None):
+    """The fd count of ``pid`` once it holds still (or reaches ``expected``)."""
+    deadline = time.monotonic() + TIMEOUT
+    last = fd_count(pid)
+    while time.monotonic() < deadline:
+        gevent.sleep(0.3)
+        now = fd_count(pid)
+        if now == expected or (expected is None and now == last):
+            return now
+        last = now
+    return last
+
+
 def copy_app(tmp_path, name="pidapp.py"):
     shutil.copy(os.path.join(APPS, name), tmp_path / name)
     return tmp_path
@@ -512,28 +525,45 @@ def test_ttin_ttou(serve):
 # -- workers that die, hang or retire ---------------------------------------------
 
 
+def raw_request(port, path):
+    """A connected socket that has sent ``GET path``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
 def test_worker_exiting_mid_request_is_replaced(serve):
     served = serve("pidapp:app", "-w", "2").started()
-    with pytest.raises((http.client.HTTPException, OSError)):
-        get(served.port, "/exit")
+    parent = served.proc.pid
+    get(served.port)
+    before = settled_fd_count(parent)
+    with raw_request(served.port, "/exit") as sock:
+        assert sock.recv(65536) == b""  # EOF from the pool, not a reset, not a hang
     dead = int(served.wait_for(r"worker (\d+) exited with status 3").group(1))
     served.wait_for(r"worker \d+ started")
     answers = [get(served.port) for _ in range(6)]
     assert [status for status, _ in answers] == [200] * 6
     assert dead not in {pid_of(body) for _, body in answers}
+    assert settled_fd_count(parent, before) == before
 
 
 def test_stuck_worker_is_killed_by_the_heartbeat(serve):
     served = serve("pidapp:app", "-w", "2", "--timeout", "2").started()
-    stuck = gevent.spawn(get, served.port, "/stuck", None)
-    gevent.sleep(0.3)
-    others = [gevent.spawn(get, served.port, f"/{i}", None) for i in range(6)]
-    gevent.joinall(others, timeout=3 * TIMEOUT)
-    assert [g.value[0] if g.successful() else g.exception for g in others] == [200] * 6
-    served.wait_for(r"did not answer")
-    served.wait_for(r"worker \d+ killed by SIGKILL")
-    stuck.join(TIMEOUT)
+    parent = served.proc.pid
+    get(served.port)
+    before = settled_fd_count(parent)
+    with raw_request(served.port, "/stuck") as stuck:
+        gevent.sleep(0.3)
+        others = [gevent.spawn(get, served.port, f"/{i}", None) for i in range(6)]
+        gevent.joinall(others, timeout=3 * TIMEOUT)
+        assert [g.value[0] if g.successful() else g.exception for g in others] == [200] * 6
+        killed = int(served.wait_for(r"worker (\d+) did not answer").group(1))
+        served.wait_for(rf"worker {killed} killed by SIGKILL")
+        stuck.settimeout(3 * TIMEOUT)
+        assert stuck.recv(65536) == b""  # ended by the pool: EOF, not a reset
+    served.wait_for(r"worker \d+ started")
     assert get(served.port)[0] == 200
+    assert settled_fd_count(parent, before) == before
 
 
 def test_max_requests(serve):
@@ -559,19 +589,6 @@ def test_keep_alive_connection_across_max_requests(serve):
 
 
 # -- idle connections held by the parent ----------------------------------------
-
-
-def settled_fd_count(pid, expected=None):
-    """The fd count of ``pid`` once it holds still (or reaches ``expected``)."""
-    deadline = time.monotonic() + TIMEOUT
-    last = fd_count(pid)
-    while time.monotonic() < deadline:
-        gevent.sleep(0.3)
-        now = fd_count(pid)
-        if now == expected or (expected is None and now == last):
-            return now
-        last = now
-    return last
 
 
 def test_idle_connections_go_back_to_the_parent_and_free_their_fds(serve):

@@ -43,6 +43,7 @@ def test_routing_of_ipv6_unix_and_odd_addresses():
     assert router.pool_for("") == DEFAULT_POOL
     assert router.pool_for("not an address") == DEFAULT_POOL
     assert Router([]).pool_for("10.0.0.1") == DEFAULT_POOL
+    assert not Router([]) and router
 
 
 def test_pool_sizes_default_first_then_routes_in_order():
@@ -60,6 +61,20 @@ def test_port_zero_reports_the_port_bound():
         assert port and listener.url == f"http://127.0.0.1:{port}"
     finally:
         listener.close()
+
+
+def test_all_interfaces_and_ipv6_binds():
+    binds = [Bind("", 0)]
+    if socket.has_ipv6:
+        binds.append(Bind("::1", 0))
+    listeners = listen_all(binds)
+    try:
+        assert listeners[0].url.startswith("http://0.0.0.0:")
+        if socket.has_ipv6:
+            assert listeners[1].url.startswith("http://[::1]:")
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def test_a_bind_in_use_closes_the_others_and_says_so():

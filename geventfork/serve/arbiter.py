@@ -187,7 +187,10 @@ class Arbiter:
         if self.stopping:
             conn.end()
             return
-        pool = self.pools[self.router.pool_for(conn.remote_address)]
+        if self.router:
+            pool = self.pools[self.router.pool_for(conn.remote_address)]
+        else:  # no --route: nothing to look up
+            pool = self.pools[DEFAULT_POOL]
         conn.pause()  # the worker reads it; nothing here ever does
         try:
             # A send that fails later ends the socket (the client gets EOF)

@@ -22,6 +22,10 @@ class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self._routes: List[Tuple[int, Route]] = [(r.network.version, r) for r in routes]
 
+    def __bool__(self) -> bool:
+        """Whether any route was given (else every client goes to the default pool)."""
+        return bool(self._routes)
+
     def pool_for(self, address: Optional[str]) -> str:
         """The pool for a client at ``address`` (an IP address as the kernel
         gives it; None for a Unix socket's client, which goes to the default pool).
