@@ -443,6 +443,23 @@ def test_sigterm_finishes_requests_in_flight(serve):
     assert served.group_gone()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="workers die of a SIGINT/SIGTERM sent to the whole group (a terminal's Ctrl-C, "
+    "systemd's KillMode=control-group) instead of leaving the stop to the parent",
+)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_to_the_whole_group_finishes_requests(serve, sig):
+    served = serve("pidapp:app", "-w", "2", "--graceful-timeout", "10").started()
+    get(served.port)
+    slow = [gevent.spawn(get, served.port, "/sleep", None) for _ in range(3)]
+    gevent.sleep(0.5)
+    os.killpg(served.proc.pid, sig)
+    gevent.joinall(slow, timeout=EXIT_TIMEOUT)
+    assert served.wait() == 0
+    assert [g.value[0] if g.successful() else g.exception for g in slow] == [200] * 3
+
+
 def test_sigquit_stops_at_once(serve):
     served = serve("pidapp:app", "-w", "1", "--graceful-timeout", "30").started()
     slow = gevent.spawn(get, served.port, "/sleep?20", None)
