@@ -334,6 +334,28 @@ def test_unix_bind(serve, tmp_path):
     assert not os.path.exists(path)  # removed on exit
 
 
+def test_connections_during_start_up_are_served(serve, tmp_path):
+    """A client that connects as soon as the socket exists is served, not closed."""
+    path = str(tmp_path / "early.sock")
+    served = serve("pidapp:app", "-w", "2", "-b", f"unix:{path}", bind=False)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        conn = UnixHTTPConnection(path)
+        try:
+            conn.connect()
+            break
+        except OSError:
+            conn.close()
+            assert time.monotonic() < deadline, served.log()
+            gevent.sleep(0.001)
+    try:
+        conn.request("GET", "/early")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read().decode().endswith("/early")
+    finally:
+        conn.close()
+
+
 def test_unix_bind_replaces_a_stale_socket_file(serve, tmp_path):
     path = str(tmp_path / "stale.sock")
     with socket.socket(socket.AF_UNIX) as dead:

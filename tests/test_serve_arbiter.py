@@ -12,9 +12,10 @@ import pytest
 from helpers import TIMEOUT, wait_until
 
 from geventfork import net
-from geventfork.serve.arbiter import check_target
+from geventfork.serve.check import check_target
 from geventfork.serve.idle import IdleConnections
 from geventfork.serve.listeners import BindError, listen_all
+from geventfork.serve.pidfile import PidFile, PidFileError
 from geventfork.serve.routing import Router, pool_sizes
 from geventfork.serve.settings import DEFAULT_POOL, Bind, Route
 
@@ -166,6 +167,25 @@ def test_close_all_ends_idle_connections_gracefully(pair):
     idle.close_all()
     assert client.recv(10) == b""
     assert len(idle) == 0
+
+
+# -- pid file -------------------------------------------------------------------
+
+
+def test_pid_file_written_refused_and_removed(tmp_path):
+    path = tmp_path / "server.pid"
+    pid_file = PidFile(str(path))
+    pid_file.write()
+    assert path.read_text() == f"{os.getpid()}\n"
+    pid_file.remove()
+    assert not path.exists()
+    path.write_text(f"{os.getppid()}\n")  # a process that runs
+    with pytest.raises(PidFileError, match="names a running process"):
+        PidFile(str(path)).write()
+    PidFile(str(path)).remove()  # not ours: left alone
+    assert path.exists()
+    with pytest.raises(PidFileError, match="cannot write pid file"):
+        PidFile(str(tmp_path / "no" / "such" / "dir.pid")).write()
 
 
 # -- the reload's check ---------------------------------------------------------

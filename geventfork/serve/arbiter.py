@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal as _signal
-import subprocess
-import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import gevent
@@ -24,20 +21,17 @@ from .. import __version__
 from .._pool import Pool
 from ..child_process import ChildProcess
 from ..net import Socket
+from .check import check_target
 from .idle import IdleConnections
 from .listeners import BindError, Listener, listen_all
+from .pidfile import PidFile, PidFileError
 from .routing import Router, pool_sizes
 from .settings import DEFAULT_POOL, Settings, WorkerSettings
 
-__all__ = ["run", "Arbiter", "WORKER_MODULE", "CHECK_TIMEOUT"]
+__all__ = ["run", "Arbiter", "WORKER_MODULE"]
 
 #: The script every worker runs, with a ``WorkerSettings`` JSON as its argument.
 WORKER_MODULE = "geventfork.serve.worker"
-#: The time, pid and level that start a log line (``log.FORMAT``), taken off
-#: the check's line before it goes into ours.
-LOG_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] \[[A-Z]+\] ")
-#: Seconds the reload's check of the target (a fresh import) may take.
-CHECK_TIMEOUT = 60.0
 
 
 class StartupError(Exception):
@@ -85,11 +79,12 @@ class Arbiter:
         self.idle = IdleConnections(self._hand_off)
         self.stopping = False
         self._booted: set[int] = set()  # the first workers' pids, logged with their pool
-        self._pid_file: Optional[str] = None
+        self._pid_file = PidFile(settings.pid) if settings.pid else None
         self._exit: AsyncResult[int] = AsyncResult()
         self._reloading = False
         self._reload_again = False
         self._pending: Optional[List[Callable[[], None]]] = []  # signals during start-up
+        self._early: Optional[List[Socket]] = []  # connections accepted during start-up
 
     # -- life -------------------------------------------------------------
 
@@ -107,6 +102,8 @@ class Arbiter:
                 self._start()
             except StartupError as exc:
                 self.log.error("%s", exc)
+                for conn in self._early or []:
+                    conn.end()
                 self._stop_pools(0)
                 return 1
             self._run_pending()
@@ -122,18 +119,25 @@ class Arbiter:
             self.listeners = listen_all(self.settings.bind)
         except BindError as exc:
             raise StartupError(str(exc)) from None
-        self._write_pid_file()
+        if self._pid_file is not None:
+            try:
+                self._pid_file.write()
+            except PidFileError as exc:
+                raise StartupError(str(exc)) from None
         self.log.info("starting geventfork %s (pid %d)", __version__, os.getpid())
         for listener in self.listeners:
+            # Accepting starts now: what comes before the pools waits for them.
+            listener.server.on("connection", self._on_connection)
+            listener.server.on("error", self._on_server_error)
             self.log.info("listening on %s", listener.url)
         for name, size in pool_sizes(self.settings.workers, self.settings.route):
             self.pools[name] = self._new_pool(name, size)
             pids = ", ".join(str(child.pid) for child in self.pools[name].workers)
             self._booted.update(child.pid for child in self.pools[name].workers if child.pid)
             self.log.info("pool %s: %d worker%s (pids %s)", name, size, _s(size), pids)
-        for listener in self.listeners:
-            listener.server.on("connection", self._on_connection)
-            listener.server.on("error", self._on_server_error)
+        early, self._early = self._early or [], None
+        for conn in early:
+            self._hand_off(conn, "")
 
     def _new_pool(self, name: str, size: int) -> Pool:
         settings = self.settings
@@ -174,12 +178,16 @@ class Arbiter:
         for listener in self.listeners:
             listener.close()
         self.listeners = []
-        self._remove_pid_file()
+        if self._pid_file is not None:
+            self._pid_file.remove()
 
     # -- connections ------------------------------------------------------
 
     def _on_connection(self, conn: Socket) -> None:
-        self._hand_off(conn, "")
+        if self._early is not None:
+            self._early.append(conn)  # the pools are still starting
+        else:
+            self._hand_off(conn, "")
 
     def _hand_off(self, conn: Socket, head: str) -> None:
         """Send ``conn`` to a worker of its client's pool, with the bytes of
@@ -346,89 +354,6 @@ class Arbiter:
             return
         pool.resize(size)
         self.log.info("pool %s: %d worker%s", DEFAULT_POOL, size, _s(size))
-
-    # -- pid file ---------------------------------------------------------
-
-    def _write_pid_file(self) -> None:
-        path = self.settings.pid
-        if not path:
-            return
-        path = os.path.abspath(path)
-        other = _running_pid(path)
-        if other is not None:
-            raise StartupError(f"pid file {path} names a running process ({other})")
-        temp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(temp, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(temp, path)  # readers never see a half-written file
-        except OSError as exc:
-            _unlink(temp)
-            raise StartupError(f"cannot write pid file {path}: {exc.strerror or exc}") from None
-        self._pid_file = path
-
-    def _remove_pid_file(self) -> None:
-        path, self._pid_file = self._pid_file, None
-        if path is not None and _read_pid(path) == os.getpid():
-            _unlink(path)
-
-
-def check_target(target: str, handler: bool, cwd: str) -> Optional[str]:
-    """Load ``target`` in a fresh process (``geventfork serve --check``).
-
-    Returns:
-        None if it loads, else the check's last line (what went wrong).
-    """
-    argv = [sys.executable, "-m", "geventfork", "serve", "--check", target]
-    if handler:
-        argv.append("--handler")
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=CHECK_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        return f"loading {target} took more than {CHECK_TIMEOUT:g} s"
-    except OSError as exc:
-        return f"cannot run the check: {exc}"
-    if done.returncode == 0:
-        return None
-    text = (done.stderr + done.stdout).decode("utf-8", "replace")
-    lines = [LOG_PREFIX.sub("", line).strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else f"the check exited with status {done.returncode}"
-
-
-def _read_pid(path: str) -> Optional[int]:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _running_pid(path: str) -> Optional[int]:
-    """The pid in the file at ``path`` if that process runs (and is not us)."""
-    pid = _read_pid(path)
-    if pid is None or pid == os.getpid() or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _s(count: int) -> str:
