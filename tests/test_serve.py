@@ -561,6 +561,32 @@ def test_ttin_ttou(serve):
     assert len(pids) == 1 and pids <= {new, served.pids["default"][0]}
 
 
+def test_keep_alive_connections_across_ttou(serve):
+    served = serve("pidapp:app", "-w", "1").started()
+    first = served.pids["default"][0]
+    served.kill(signal.SIGTTIN)
+    second = int(served.wait_for(r"pool default: worker (\d+) started").group(1))
+    conns = [
+        http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT) for _ in range(4)
+    ]
+    try:
+        on = [pid_of(get(None, "/", conn=conn)[1]) for conn in conns]
+        deadline = time.monotonic() + TIMEOUT
+        while second not in on and time.monotonic() < deadline:  # the new one is up
+            on = [pid_of(get(None, "/", conn=conn)[1]) for conn in conns]
+        assert second in on, on
+        ports = [conn.sock.getsockname()[1] for conn in conns]
+        served.kill(signal.SIGTTOU)  # the newest worker retires
+        served.wait_for(rf"worker {second} exited", START_TIMEOUT)
+        after = [get(None, "/", conn=conn) for conn in conns]
+        assert [status for status, _ in after] == [200] * 4
+        assert {pid_of(body) for _, body in after} == {first}
+        assert [conn.sock.getsockname()[1] for conn in conns] == ports  # the same connections
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 # -- workers that die, hang or retire ---------------------------------------------
 
 
