@@ -47,9 +47,7 @@ def test_messages_left_when_the_child_exits_are_still_received(spawn_child):
     assert [message for message, _ in child.messages()] == list(range(1, 50))
 
 
-def test_a_worker_loop_over_messages_serves_sockets_and_ends_with_the_channel(
-    spawn_child, server
-):
+def test_a_worker_loop_over_messages_serves_sockets_and_ends_with_the_channel(spawn_child, server):
     child = spawn_child("recv_modes.py", "echo")
     for n in range(3):
         child.send(n)

@@ -37,6 +37,7 @@ class Recorder:
         self.idle = set()
         self.requests = []  # (request line, status code, body length)
         self.handed = Queue()  # (net_socket, head) of each hand-back
+        self.closed_sockets = []  # the connections ended here
 
     def waiting(self, connection, idle):
         (self.idle.add if idle else self.idle.discard)(connection)
@@ -46,6 +47,9 @@ class Recorder:
 
     def hand_back(self, net_socket, head):
         self.handed.put((net_socket, head))
+
+    def closed(self, net_socket):
+        self.closed_sockets.append(net_socket)
 
     def leave(self, reason):
         self.leaving = reason
@@ -158,6 +162,7 @@ def test_connection_close_is_echoed_then_eof(site):
         answer = read_to_eof(sock)
     assert b"\r\nConnection: close\r\n" in answer
     assert answer.endswith(b"hello")
+    assert len(s.host.closed_sockets) == 1  # the worker hears it is done with it
 
 
 def test_http_1_0_without_keep_alive_closes(site):

@@ -33,5 +33,6 @@ def main(argv: Sequence[str]) -> NoReturn:
     if settings.check:
         sys.stdout.write(f"{settings.target}: {what}\n")
         sys.exit(0)
-    sys.stderr.write(f"{config.PROG}: error: serving is not available yet\n")
-    sys.exit(1)
+    from . import arbiter, log
+
+    sys.exit(arbiter.run(settings, log.configure(settings.log_level)))

@@ -112,11 +112,11 @@ class Worker:
             # one kind of target serves a whole server: this is not reached.
             log.warning("a handler target cannot be given %d bytes already read: closed", len(head))
             end_gracefully(net_socket)
-            self._release(net_socket)
+            self.closed(net_socket)
             return
         self._count()  # on arrival: a retiring worker is sent no more
         served = serve_handler(net_socket, self.kind, self.target)
-        self._release(net_socket)
+        self.closed(net_socket)
         if self.access is not None:
             line = handler_line(
                 served.address,
@@ -162,20 +162,21 @@ class Worker:
             if err is not None:
                 log.debug("handing a connection back failed: %s", err)
                 end_gracefully(net_socket)
-            self._release(net_socket)
+            self.closed(net_socket)
 
         try:
             process.send({"op": "idle", "head": head.decode("latin-1")}, net_socket, None, sent)
         except ChannelClosedError:  # stopping: the channel closed meanwhile
             end_gracefully(net_socket)
-            self._release(net_socket)
+            self.closed(net_socket)
         except Exception as exc:  # the socket cannot be sent (destroyed): never left open
             log.warning("cannot hand a connection back: %s", exc)
             end_gracefully(net_socket)
-            self._release(net_socket)
+            self.closed(net_socket)
 
-    def _release(self, net_socket: Socket) -> None:
-        """This worker is done with ``net_socket``; a leaving worker may be done."""
+    def closed(self, net_socket: Socket) -> None:
+        """``wsgi.Host``: this worker is done with ``net_socket`` (ended, or
+        handed back); a retiring worker with none left disconnects."""
         self._connections.discard(net_socket)
         if self.leaving == RETIRE and not self._connections:
             self._disconnect()

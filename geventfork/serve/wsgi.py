@@ -82,6 +82,9 @@ class Host(Protocol):
     def hand_back(self, net_socket: Socket, head: bytes) -> None:
         """Send the connection to the parent with ``head``, the bytes not yet served."""
 
+    def closed(self, net_socket: Socket) -> None:
+        """The connection was ended: the worker is done with it."""
+
 
 def make_server(application: Any, logger: logging.Logger) -> WSGIServer:
     """The ``WSGIServer`` every connection of this worker shares; it never listens.
@@ -264,6 +267,7 @@ class Connection:
                 self.host.hand_back(self.net_socket, self._unserved())
             else:
                 end_gracefully(self.net_socket)
+                self.host.closed(self.net_socket)
 
     def _serve(self) -> str:
         handler = self.handler
