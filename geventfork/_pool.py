@@ -259,6 +259,8 @@ class Pool(EventEmitter):
         self._closing = False
         self._closed = False
         self._all_gone = Event()
+        #: slot -> the worker a reload replaces there, until its replacement is ready
+        self._outgoing: Dict[int, _Worker] = {}
         self.heartbeat = heartbeat or 0.0
         self._pinger: Any = None
         if self.heartbeat:
@@ -329,6 +331,7 @@ class Pool(EventEmitter):
         """
         if not self._closing:
             self._closing = True
+            self._outgoing.clear()  # every worker is disconnected below
             if self._pinger is not None:
                 self._pinger.stop()
             for restart in self._restarts.values():
@@ -349,12 +352,15 @@ class Pool(EventEmitter):
             self.emit("close")
 
     def reload(self) -> None:
-        """Replace every worker: each retires, and its replacement starts now.
+        """Replace every worker: a new one starts now in each slot, and the
+        old one retires as soon as its replacement is ready.
 
-        New sends go to the new workers at once. A retiring worker finishes
-        what it has and exits: by default its channel is disconnected (as by
-        ``close()``); a worker script may take this over (``_worker.on_retire``).
-        A crash loop is forgotten: the new workers get a fresh start.
+        Until then the old worker takes sends as before, so nothing waits for
+        the new one to start; a replacement that never gets ready leaves the
+        old worker serving. A retiring worker finishes what it has and
+        exits: by default its channel is disconnected (as by ``close()``); a
+        worker script may take this over (``_worker.on_retire``). A crash
+        loop is forgotten: the new workers get a fresh start.
         """
         if self._closing:
             return
@@ -366,7 +372,11 @@ class Pool(EventEmitter):
             self._failures[slot] = 0
             self._spawn(slot)
         for worker in old:
-            self._retire(worker)
+            worker.released = True  # its slot is its replacement's
+            if worker.ready and worker.slot not in self._outgoing:
+                self._outgoing[worker.slot] = worker
+            else:  # not serving yet, or an older one is waiting to go: now
+                self._retire(worker)
             self._failures[worker.slot] = 0
             self._spawn(worker.slot)
 
@@ -390,6 +400,8 @@ class Pool(EventEmitter):
         del self._failures[size:]
         for slot in [slot for slot in self._restarts if slot >= size]:
             self._restarts.pop(slot).kill(block=False)
+        for slot in [slot for slot in self._outgoing if slot >= size]:
+            self._retire(self._outgoing.pop(slot))
         for worker in [w for w in self._live if w.slot >= size and not w.released]:
             self._retire(worker)
 
@@ -486,6 +498,10 @@ class Pool(EventEmitter):
         worker.timer.stop()
         self._unready_exits = 0
         self._failed = None
+        outgoing = self._outgoing.get(worker.slot)
+        if outgoing is not None and not worker.released:
+            del self._outgoing[worker.slot]
+            self._retire(outgoing)
 
     def _worker_error(self, worker: _Worker, err: BaseException) -> None:
         if worker.child.pid is None and worker in self._live:  # it never started
@@ -506,6 +522,8 @@ class Pool(EventEmitter):
         worker.exited = True
         worker.timer.stop()
         self._live.remove(worker)
+        if self._outgoing.get(worker.slot) is worker:
+            del self._outgoing[worker.slot]
         if worker.retiring:
             self._release(worker)  # unless replaced already, or its slot is gone
         # Every send to it was answered (ACK, NACK or ChannelClosedError)
@@ -562,12 +580,15 @@ class Pool(EventEmitter):
     # -- sending ----------------------------------------------------------
 
     def _connected(self) -> List[_Worker]:
-        """The workers a send may go to: connected, neither exited nor retiring."""
-        return [
+        """The workers a send may go to: connected, neither exited nor retiring;
+        only the ready ones, if any is (a new worker may still be importing)."""
+        workers = [
             worker
             for worker in self._live
             if not worker.retiring and not worker.exited and worker.channel_open()
         ]
+        ready = [worker for worker in workers if worker.ready]
+        return ready or workers
 
     def _pick(self, workers: List[_Worker]) -> _Worker:
         self._turn = (self._turn + 1) % len(workers)

@@ -38,6 +38,12 @@ STOP_TIMEOUT = 5.0
 #: How long leaked children and fds get to go away after teardown.
 CHILD_GRACE = 3.0
 FD_GRACE = 2.0
+#: What ``/proc/self/fd`` shows for an epoll fd (the hub's loop).
+EPOLL = "anon_inode:[eventpoll]"
+
+
+def _count(table, target):
+    return sum(1 for t in table.values() if t == target)
 
 
 def _settle(check, grace):
@@ -77,7 +83,14 @@ def no_leaked_fds(request, _warm_hub):
         return
 
     def leaked():
-        return {fd: t for fd, t in fd_table().items() if before.get(fd) != t}
+        now = fd_table()
+        left = {fd: t for fd, t in now.items() if before.get(fd) != t}
+        # libev closes its epoll fd and opens a new one (often under another
+        # number) when it sees an fd reused under a watcher: not a leak
+        # unless there are more of them than before.
+        if _count(now, EPOLL) <= _count(before, EPOLL):
+            left = {fd: t for fd, t in left.items() if t != EPOLL}
+        return left
 
     left = _settle(leaked, FD_GRACE)
     if left:

@@ -465,11 +465,6 @@ def test_sigterm_finishes_requests_in_flight(serve):
     assert served.group_gone()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers die of a SIGINT/SIGTERM sent to the whole group (a terminal's Ctrl-C, "
-    "systemd's KillMode=control-group) instead of leaving the stop to the parent",
-)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_to_the_whole_group_finishes_requests(serve, sig):
     served = serve("pidapp:app", "-w", "2", "--graceful-timeout", "10").started()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, List, NoReturn, Optional, Set
 
@@ -87,6 +88,11 @@ class Worker:
         process.on("disconnect", self.stop)
         process.on("error", lambda err: log.warning("channel to the parent: %s", err))
         pool_worker.on_retire(lambda: self.retire(tell_pool=False))
+        # A terminal's Ctrl-C and systemd's stop reach every process of the
+        # group: the parent stops the server, so INT is left to it, and TERM
+        # retires this worker gracefully, as gunicorn's workers do.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        gevent.signal_handler(signal.SIGTERM, self.retire, True)
 
     # -- connections --------------------------------------------------------
 
