@@ -1,4 +1,9 @@
-"""The table: one row per figure, the median over rounds (counts: the total)."""
+"""The tables: the median of each figure over rounds (counts: the total).
+
+``table`` has one row per figure, geventfork beside Node and the floor (the
+hand-off and cost sections); ``ipc_table`` one row per IPC program and
+figure, with ratios to Node, ``multiprocessing.Pipe`` and gipc.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["Row", "ROWS", "table"]
+__all__ = ["Row", "ROWS", "table", "IpcTarget", "IPC_TARGETS", "ipc_table"]
 
 SYSTEMS = ("geventfork", "node", "floor")
 
@@ -34,7 +39,7 @@ class Row:
 def _handoff_rows(section: str, vs_node: float, zero: bool) -> list:
     return [
         Row(section, "conn/s", "conn_per_s", at_least=vs_node),
-        Row(section, "conn/s, vs the floor", "conn_per_s", against="floor", at_least=0.8),
+        Row(section, "conn/s, vs the floor", "conn_per_s", against="floor", at_least=0.85),
         Row(section, "latency p50 (ms)", "p50_ms", ".2f"),
         Row(section, "latency p99 (ms)", "p99_ms", ".2f"),
         Row(section, "reset (total)", "reset", "d", total=True, zero=zero),
@@ -54,10 +59,6 @@ def _handoff_rows(section: str, vs_node: float, zero: bool) -> list:
 ROWS = [
     *_handoff_rows("hand-off silent", 1.2, zero=False),
     *_handoff_rows("hand-off request", 5.0, zero=True),
-    Row("IPC stream", "msgs/s", "msgs_per_s", at_least=1.5),
-    Row("IPC ping-pong", "round trips/s", "round_trips_per_s", at_least=0.9),
-    Row("IPC large 1 MiB", "MB/s", "mb_per_s"),
-    Row("IPC large 16 MiB", "MB/s", "mb_per_s"),
     Row("cost", "idle child RSS (MiB)", "rss_mib", ".1f"),
     Row("cost", "fork() -> 'spawn' (ms)", "spawn_ms", ".1f"),
     Row("cost", "fork() -> first message (ms)", "ready_ms", ".1f"),
@@ -74,12 +75,9 @@ def table(results: dict) -> str:
         if all(v is None for v in values.values()):
             continue  # a section that was not run
         lines.append(_format(row, values))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADER))]
-    rule = tuple("-" * w for w in widths)
-    return "\n".join(
-        "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
-        for line in [lines[0], rule, *lines[1:]]
-    )
+    if len(lines) == 1:
+        return ""
+    return _markdown(lines)
 
 
 def _aggregate(row: Row, rounds: list) -> Optional[float]:
@@ -132,3 +130,106 @@ def _met(row: Row, mine: Optional[float], ratio: Optional[float]) -> str:
     if ratio is None:
         return "n/a"
     return "met" if ratio >= row.at_least else "NOT met"
+
+
+#: The IPC figures, by section: (figure, key).
+IPC_FIGURES = {
+    "IPC stream": ("msgs/s", "msgs_per_s"),
+    "IPC ping-pong": ("round trips/s", "round_trips_per_s"),
+    "IPC large 1 MiB": ("MB/s", "mb_per_s"),
+    "IPC large 16 MiB": ("MB/s", "mb_per_s"),
+}
+#: The IPC programs (``_systems.IPC``), in table order, and their labels.
+IPC_LABELS = {
+    "geventfork-recv": "geventfork recv(), JSON",
+    "geventfork": "geventfork 'message', JSON",
+    "geventfork-recv-pickle": "geventfork recv(), pickle",
+    "geventfork-pickle": "geventfork 'message', pickle",
+    "node": "Node, JSON",
+    "pipe": "multiprocessing.Pipe, blocking",
+    "pipe-gevent": "multiprocessing.Pipe, gevent waits",
+    "gipc": "gipc",
+}
+#: The ratio columns: (header, program).
+_IPC_REFERENCES = (("vs Node", "node"), ("vs Pipe", "pipe"), ("vs gipc", "gipc"))
+
+
+@dataclass(frozen=True)
+class IpcTarget:
+    """``program``'s figure in ``section`` must be at least ``at_least`` times ``against``'s."""
+
+    section: str
+    program: str
+    against: str
+    at_least: float
+
+
+IPC_TARGETS = [
+    IpcTarget("IPC stream", "geventfork-recv", "node", 1.5),
+    IpcTarget("IPC stream", "geventfork", "node", 1.0),
+    IpcTarget("IPC stream", "geventfork-recv-pickle", "pipe", 1.0),
+    IpcTarget("IPC stream", "geventfork-recv-pickle", "gipc", 0.8),
+    IpcTarget("IPC ping-pong", "geventfork-recv", "node", 0.9),
+]
+_IPC_HEADER = ("section", "program", "figure", "median", "vs Node", "vs Pipe", "vs gipc")
+
+
+def ipc_table(results: dict) -> str:
+    """Format the IPC sections of ``results[(section, program)]`` as Markdown.
+
+    Each row is one program's figure; the ratio columns divide it by Node's,
+    blocking ``multiprocessing.Pipe``'s and gipc's, and the last two columns
+    give the targets of the row's program and whether they are met.
+    """
+    lines = [(*_IPC_HEADER, "target", "met")]
+    for section, (figure, key) in IPC_FIGURES.items():
+        medians = {
+            program: _aggregate(Row(section, figure, key), results.get((section, program), []))
+            for program in IPC_LABELS
+        }
+        for program, label in IPC_LABELS.items():
+            if medians[program] is None:
+                continue
+            ratios = [
+                "" if ref == program else _ratio_cell(medians[program], medians[ref])
+                for _header, ref in _IPC_REFERENCES
+            ]
+            target, met = _ipc_targets(section, program, medians)
+            lines.append((section, label, figure, f"{medians[program]:.0f}", *ratios, target, met))
+    if len(lines) == 1:
+        return ""
+    return _markdown(lines)
+
+
+def _ratio_cell(mine: Optional[float], theirs: Optional[float]) -> str:
+    if mine is None or not theirs:
+        return ""
+    return f"{mine / theirs:.2f}x"
+
+
+def _ipc_targets(section: str, program: str, medians: dict) -> tuple:
+    """The ``(target, met)`` cells of one row: every target of ``program`` in ``section``."""
+    targets, verdicts = [], []
+    for t in IPC_TARGETS:
+        if (t.section, t.program) != (section, program):
+            continue
+        mine, theirs = medians.get(program), medians.get(t.against)
+        targets.append(f">= {t.at_least}x {_IPC_NAMES[t.against]}")
+        if mine is None or not theirs:
+            verdicts.append("n/a")
+        else:
+            verdicts.append("met" if mine / theirs >= t.at_least else "NOT met")
+    return "; ".join(targets), "; ".join(verdicts)
+
+
+_IPC_NAMES = {"node": "Node", "pipe": "Pipe", "gipc": "gipc"}
+
+
+def _markdown(lines: list) -> str:
+    """Rows of cells (the first the header) as a Markdown table, columns padded."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    rule = tuple("-" * w for w in widths)
+    return "\n".join(
+        "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+        for line in [lines[0], rule, *lines[1:]]
+    )

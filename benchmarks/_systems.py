@@ -2,7 +2,9 @@
 
 ``node`` is Node's own example and IPC programs (``benchmarks/node/``),
 ``geventfork`` the priority example and ``benchmarks/geventfork_ipc/``, and
-``floor`` the bare hand-off of ``benchmarks/floor/``.
+``floor`` the bare hand-off of ``benchmarks/floor/``. The IPC benchmarks
+also run geventfork's programs with ``recv()`` and with pickle, and the
+Python peers of ``benchmarks/peers_ipc/``: gipc and ``multiprocessing.Pipe``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = [
     "measure_ipc",
     "HANDOFF",
     "IPC",
+    "COST",
+    "ensure_gipc",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,11 +50,30 @@ HANDOFF = {
     ],
     "floor": [sys.executable, os.path.join(HERE, "floor", "parent.py"), *_SERVER_ARGS],
 }
-#: The IPC benchmark programs: each takes ``BENCH ARGS...`` and prints a JSON line.
+_GEVENTFORK_IPC = [*_GEVENTFORK, os.path.join(HERE, "geventfork_ipc", "parent.py")]
+_PEERS = os.path.join(HERE, "peers_ipc")
+#: The IPC benchmark programs: each takes ``BENCH ARGS...`` and prints a JSON
+#: line. Node's and the first geventfork one speak JSON through a 'message'
+#: listener; the others say how they differ in their names.
 IPC = {
     "node": ["node", os.path.join(HERE, "node", "ipc_parent.js")],
-    "geventfork": [*_GEVENTFORK, os.path.join(HERE, "geventfork_ipc", "parent.py")],
+    "geventfork": _GEVENTFORK_IPC,
+    "geventfork-recv": [*_GEVENTFORK_IPC, "--receive", "recv"],
+    "geventfork-pickle": [*_GEVENTFORK_IPC, "--serialization", "pickle"],
+    "geventfork-recv-pickle": [
+        *_GEVENTFORK_IPC,
+        "--serialization",
+        "pickle",
+        "--receive",
+        "recv",
+    ],
+    "gipc": [sys.executable, os.path.join(_PEERS, "gipc_parent.py")],
+    "pipe": [sys.executable, os.path.join(_PEERS, "pipe_parent.py")],
+    "pipe-gevent": [sys.executable, os.path.join(_PEERS, "pipe_parent.py"), "--gevent"],
 }
+#: The IPC programs that also measure start-up ('cost'): the peers' children
+#: are forked or started otherwise, so their start-up compares with nothing here.
+COST = ("node", "geventfork")
 #: Seconds a server may take to print its address (Python starts slowly on a busy machine).
 START_TIMEOUT = 30.0
 #: Seconds an IPC benchmark program may run.
@@ -91,6 +114,45 @@ class Settings:
             large=((1 << 20, 8), (16 << 20, 2)),
             cost=1,
         )
+
+
+def ensure_gipc() -> None:
+    """Make gipc importable by this Python, installing it from PyPI with pip if missing.
+
+    It is installed into the running interpreter's environment, next to the
+    gevent under test, which pip is told to keep as it is.
+
+    Raises:
+        BenchError: gipc is missing and pip could not install it (the reason).
+    """
+    if _imports("gipc"):
+        return
+    import gevent
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "gipc",
+        f"gevent=={gevent.__version__}",
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"{' '.join(cmd[1:])}: {exc}") from None
+    if done.returncode:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise BenchError(f"{' '.join(cmd[1:])} failed: {lines[-1] if lines else done.returncode}")
+    if not _imports("gipc"):
+        raise BenchError("pip installed gipc, but it does not import")
+
+
+def _imports(module: str) -> bool:
+    """Whether this Python imports ``module``, asked of a fresh interpreter."""
+    cmd = [sys.executable, "-c", f"import {module}"]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 def build_loadgen(workdir: str) -> str:

@@ -1,14 +1,15 @@
-"""geventfork against Node.js and a bare gevent floor, measured side by side.
+"""geventfork against Node.js, a bare gevent floor, gipc and multiprocessing.Pipe, side by side.
 
 Usage: python benchmarks/run.py [--rounds N] [--quick] [--sections LIST]
                                 [--systems LIST] [--json PATH]
 
-Builds loadgen.c, then for each round runs every selected section once per
-system, in turn (node, geventfork, floor, node, ...), each from a fresh
-start, and prints the median of each figure over the rounds with the targets
-of the performance issue. Progress goes to stderr, the table to stdout.
-Exits 1 if a system failed to run (a missed target is not a failure), 2 if
-the harness could not start, 130 on Ctrl-C. See benchmarks/README.md.
+Builds loadgen.c (and installs gipc with pip if it is missing), then for
+each round runs every selected section once per system, in turn (node,
+geventfork, floor, node, ...), each from a fresh start, and prints the
+median of each figure over the rounds with the targets of the performance
+issues. Progress goes to stderr, the tables to stdout. Exits 1 if a system
+failed to run (a missed target is not a failure), 2 if the harness could
+not start, 130 on Ctrl-C. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -26,21 +27,29 @@ import time
 from collections import defaultdict
 
 from _process_group import stop_all
-from _report import table
+from _report import ipc_table, table
 from _systems import (
+    COST,
     HANDOFF,
-    IPC,
     ROOT,
     BenchError,
     Settings,
     build_loadgen,
+    ensure_gipc,
     measure_handoff,
     measure_ipc,
 )
 
 SECTIONS = ("silent", "request", "stream", "pingpong", "large", "cost")
 GROUPS = {"handoff": ("silent", "request"), "ipc": ("stream", "pingpong", "large"), "all": SECTIONS}
-SYSTEMS = ("node", "geventfork", "floor")
+SYSTEMS = ("node", "geventfork", "floor", "gipc", "pipe")
+#: The IPC programs (``_systems.IPC``) of each system.
+IPC_PROGRAMS = {
+    "node": ("node",),
+    "geventfork": ("geventfork", "geventfork-recv", "geventfork-pickle", "geventfork-recv-pickle"),
+    "gipc": ("gipc",),
+    "pipe": ("pipe", "pipe-gevent"),
+}
 MIN_ROUNDS = 3
 
 
@@ -61,7 +70,7 @@ def parse_args(argv: list) -> argparse.Namespace:
         help=(f"comma-separated: {', '.join(SECTIONS)}, or the groups {', '.join(GROUPS)}"),
     )
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help="comma-separated: node, geventfork, floor"
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated: {', '.join(SYSTEMS)}"
     )
     parser.add_argument(
         "--nofile",
@@ -100,9 +109,12 @@ def plan(args: argparse.Namespace, settings: Settings, loadgen: str, workdir: st
                 run = functools.partial(measure_handoff, system, mode, loadgen, settings, workdir)
                 jobs.append((f"hand-off {mode}", system, run))
     for section, bench in _ipc_benches(args.sections, settings):
-        for system in (s for s in args.systems if s in IPC):
-            run = functools.partial(_ipc, system, bench, settings, workdir)
-            jobs.append((section, system, run))
+        for system in args.systems:
+            for program in IPC_PROGRAMS.get(system, ()):
+                if section == "cost" and program not in COST:
+                    continue
+                run = functools.partial(_ipc, program, bench, settings, workdir)
+                jobs.append((section, program, run))
     return jobs
 
 
@@ -135,7 +147,7 @@ def run_rounds(rounds: int, jobs: list) -> tuple:
     failures = []
     for number in range(1, rounds + 1):
         for section, system, run in jobs:
-            say(f"round {number}/{rounds}  {section:<17} {system:<10} ", end="")
+            say(f"round {number}/{rounds}  {section:<17} {system:<22} ", end="")
             try:
                 figures = run()
             except BenchError as exc:
@@ -169,8 +181,15 @@ def _summary(figures: dict) -> str:
 
 
 def versions() -> str:
-    """What ran: Python, gevent, Node, the geventfork checkout, the machine."""
+    """What ran: Python, gevent, gipc, Node, the geventfork checkout, the machine."""
+    import importlib.metadata
+
     import gevent
+
+    try:
+        gipc = importlib.metadata.version("gipc")
+    except importlib.metadata.PackageNotFoundError:
+        gipc = "missing"
 
     node = _output(["node", "--version"]) or "missing"
     commit = _output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
@@ -179,7 +198,7 @@ def versions() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"Python {sys.version.split()[0]} ({sys.executable}), gevent {gevent.__version__}, "
-        f"Node {node}, geventfork {commit or 'unknown'}; "
+        f"gipc {gipc}, Node {node}, geventfork {commit or 'unknown'}; "
         f"{os.cpu_count()} CPUs, load average {load}"
     )
 
@@ -217,6 +236,7 @@ def main(argv: list) -> int:
     signal.signal(signal.SIGHUP, _interrupt)
     started = time.monotonic()
     say(versions())
+    notes = _check_gipc(args)
     workdir = tempfile.mkdtemp(prefix="geventfork-bench-")
     try:
         loadgen = build_loadgen(workdir)
@@ -231,14 +251,38 @@ def main(argv: list) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
         stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(args, settings, results, failures, time.monotonic() - started)
+    report(args, settings, results, failures, notes, time.monotonic() - started)
     return 1 if failures else 0
 
 
+def _check_gipc(args: argparse.Namespace) -> list:
+    """Install gipc if an IPC section will run it; drop it from ``args.systems`` if that fails.
+
+    Returns:
+        Lines for the report: why gipc is not measured, if it is not.
+    """
+    ipc = any(section in args.sections for section in GROUPS["ipc"])
+    if "gipc" not in args.systems or not ipc:
+        return []
+    try:
+        ensure_gipc()
+    except BenchError as exc:
+        note = f"gipc not installable: {exc}; its IPC figures are left out"
+        say(note)
+        args.systems.remove("gipc")
+        return [note]
+    return []
+
+
 def report(
-    args: argparse.Namespace, settings: Settings, results: dict, failures: list, elapsed: float
+    args: argparse.Namespace,
+    settings: Settings,
+    results: dict,
+    failures: list,
+    notes: list,
+    elapsed: float,
 ) -> None:
-    """Print the versions, the table and the failures; write --json if asked."""
+    """Print the versions, the tables, the notes and the failures; write --json if asked."""
     print(versions())
     print(
         f"{args.rounds} rounds{' (quick)' if args.quick else ''}, median of each figure "
@@ -246,7 +290,11 @@ def report(
         f"{settings.duration:g} s of load per hand-off measurement (after {settings.warmup:g} s "
         f"of silent warm-up), open-files limit {settings.nofile or 'inherited'}\n"
     )
-    print(table(results))
+    for text in (table(results), ipc_table(results)):
+        if text:
+            print(f"{text}\n")
+    for note in notes:
+        print(note)
     for failure in failures:
         print(f"\nFAILED {failure}")
     print(f"\nrun took {elapsed:.0f} s")

@@ -1,6 +1,7 @@
 """IPC benchmarks of ``geventfork.fork()``; prints one JSON line of figures.
 
-Usage: python -m geventfork parent.py stream N | pingpong N | large SIZE COUNT | cost K
+Usage: python -m geventfork parent.py [--serialization json|pickle] [--receive message|recv]
+                                      stream N | pingpong N | large SIZE COUNT | cost K
 
 The same program as ``benchmarks/node/ipc_parent.js`` (same messages, same
 JSON); keep the two in step:
@@ -12,8 +13,14 @@ JSON); keep the two in step:
   cost K            K children forked one after the other: fork() -> 'spawn'
                     and fork() -> the child's first message, and the idle
                     child's VmRSS (medians).
+
+--serialization is the channel's (default JSON, as Node's); --receive is
+how both ends take their messages: with a ``'message'`` listener (the
+default, as Node's programs do) or with ``recv()`` (``messages()`` in the
+child). 'cost' always listens.
 """
 
+import argparse
 import json
 import os
 import re
@@ -26,6 +33,9 @@ from gevent.event import AsyncResult
 from geventfork import fork
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
+#: Set from the command line: the channel's serialization and how both ends receive.
+SERIALIZATION = "json"
+RECEIVE = "message"
 
 
 def report(figures):
@@ -33,13 +43,24 @@ def report(figures):
     print(json.dumps(figures), flush=True)
 
 
-def fork_ready(*args):
-    """Fork the child with ``args`` and return it once it said it is ready."""
-    child = fork(CHILD, args)
-    ready = AsyncResult()
-    child.once("message", lambda m, handle: ready.set(m))
-    ready.get()
+def fork_ready(mode, n):
+    """Fork the child in ``mode`` and return it once it said it is ready."""
+    child = fork(CHILD, [mode, n, RECEIVE], serialization=SERIALIZATION)
+    expect_message(child)()
     return child
+
+
+def expect_message(child):
+    """Get ready for the child's next message; return a function that waits for it.
+
+    With ``recv()`` that function is ``recv()``; with listeners, a one-off
+    listener is added now, so that it is there before the message can come.
+    """
+    if RECEIVE == "recv":
+        return lambda: child.recv()[0]
+    result = AsyncResult()
+    child.once("message", lambda m, handle: result.set(m))
+    return result.get
 
 
 def finish(child):
@@ -50,12 +71,11 @@ def finish(child):
 
 def stream(n):
     child = fork_ready("stream", n)
-    done = AsyncResult()
-    child.on("message", lambda m, handle: done.set(m))
+    done = expect_message(child)
     start = time.perf_counter()
     for i in range(n):
         child.send({"seq": i, "text": "hello"})
-    count = done.get()["count"]
+    count = done()["count"]
     elapsed = time.perf_counter() - start
     report({"bench": "stream", "n": count, "elapsed_s": elapsed, "msgs_per_s": count / elapsed})
     finish(child)
@@ -63,6 +83,27 @@ def stream(n):
 
 def pingpong(n):
     child = fork_ready("pingpong", n)
+    start = time.perf_counter()
+    if RECEIVE == "recv":
+        pingpong_recv(child, n)
+    else:
+        pingpong_listen(child, n)
+    elapsed = time.perf_counter() - start
+    report({"bench": "pingpong", "n": n, "elapsed_s": elapsed, "round_trips_per_s": n / elapsed})
+    finish(child)
+
+
+def pingpong_recv(child, n):
+    """N round trips, each waiting for its answer in ``recv()``."""
+    seq = 0
+    while seq < n:
+        child.send({"seq": seq})
+        m, _handle = child.recv()
+        seq = m["seq"] + 1
+
+
+def pingpong_listen(child, n):
+    """N round trips, each answer sending the next message from the listener."""
     done = AsyncResult()
 
     @child.on("message")
@@ -72,23 +113,18 @@ def pingpong(n):
             return
         done.set()
 
-    start = time.perf_counter()
     child.send({"seq": 0})
     done.get()
-    elapsed = time.perf_counter() - start
-    report({"bench": "pingpong", "n": n, "elapsed_s": elapsed, "round_trips_per_s": n / elapsed})
-    finish(child)
 
 
 def large(size, count):
     data = "x" * size
     child = fork_ready("large", count)
-    done = AsyncResult()
-    child.on("message", lambda m, handle: done.set(m))
+    done = expect_message(child)
     start = time.perf_counter()
     for i in range(count):
         child.send({"seq": i, "data": data})
-    m = done.get()
+    m = done()
     elapsed = time.perf_counter() - start
     ok = m["count"] == count and m["bytes"] == size * count
     report(
@@ -141,6 +177,16 @@ def cost(k):
 
 BENCHES = {"stream": stream, "pingpong": pingpong, "large": large, "cost": cost}
 
-if len(sys.argv) < 3 or sys.argv[1] not in BENCHES:
-    sys.exit("usage: parent.py stream N | pingpong N | large SIZE COUNT | cost K")
-BENCHES[sys.argv[1]](*map(int, sys.argv[2:]))
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serialization", choices=("json", "pickle"), default="json")
+    parser.add_argument("--receive", choices=("message", "recv"), default="message")
+    parser.add_argument("bench", choices=sorted(BENCHES))
+    parser.add_argument("numbers", type=int, nargs="+")
+    return parser.parse_args(argv)
+
+
+args = parse_args(sys.argv[1:])
+SERIALIZATION, RECEIVE = args.serialization, args.receive
+BENCHES[args.bench](*args.numbers)
