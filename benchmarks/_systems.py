@@ -141,10 +141,10 @@ def ensure_gipc() -> None:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise BenchError(f"{' '.join(cmd[1:])}: {exc}") from None
+        raise BenchError(f"{' '.join(cmd[2:])}: {exc}") from None
     if done.returncode:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise BenchError(f"{' '.join(cmd[1:])} failed: {lines[-1] if lines else done.returncode}")
+        raise BenchError(f"{' '.join(cmd[2:])} failed: {lines[-1] if lines else done.returncode}")
     if not _imports("gipc"):
         raise BenchError("pip installed gipc, but it does not import")
 

@@ -236,9 +236,10 @@ def main(argv: list) -> int:
     signal.signal(signal.SIGHUP, _interrupt)
     started = time.monotonic()
     say(versions())
-    notes = _check_gipc(args)
+    notes: list = []
     workdir = tempfile.mkdtemp(prefix="geventfork-bench-")
     try:
+        notes = _check_gipc(args)
         loadgen = build_loadgen(workdir)
         results, failures = run_rounds(args.rounds, plan(args, settings, loadgen, workdir))
     except KeyboardInterrupt:
