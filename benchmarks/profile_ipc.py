@@ -1,11 +1,12 @@
 """Where the geventfork child of the IPC stream benchmark spends its time.
 
-Usage: python benchmarks/profile_ipc.py [--messages N] [--serialization json|pickle]
+Usage: python benchmarks/profile_ipc.py [--bench stream|pingpong] [--messages N]
+                                        [--serialization json|pickle]
                                         [--receive message,recv] [--top K] [--py-spy PATH]
 
-Runs ``geventfork_ipc/parent.py stream N`` once per way of receiving
-(``'message'`` listener, ``recv()``) and prints the child's K functions of
-most own time (``tottime``), from its first message to its Nth:
+Runs ``geventfork_ipc/parent.py stream N`` (or ``pingpong N``) once per way
+of receiving (``'message'`` listeners, ``recv()``) and prints the child's K
+functions of most own time (``tottime``), from its first message to its Nth:
 
 - by default with cProfile, which the child turns on itself
   (``GEVENTFORK_BENCH_PROFILE``, see ``geventfork_ipc/child.py``); it slows
@@ -38,6 +39,7 @@ TIMEOUT = 300
 
 def parse_args(argv: list) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bench", choices=("stream", "pingpong"), default="stream")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--serialization", choices=("json", "pickle"), default="json")
     parser.add_argument("--receive", default="message,recv", help="comma-separated: message, recv")
@@ -53,7 +55,7 @@ def parse_args(argv: list) -> argparse.Namespace:
 def bench_argv(args: argparse.Namespace, receive: str) -> list:
     """The benchmark's command line for one way of receiving."""
     options = ["--serialization", args.serialization, "--receive", receive]
-    return [sys.executable, "-m", "geventfork", PARENT, *options, "stream", str(args.messages)]
+    return [sys.executable, "-m", "geventfork", PARENT, *options, args.bench, str(args.messages)]
 
 
 def run(argv: list, env: dict) -> dict:
@@ -80,7 +82,7 @@ def with_cprofile(args: argparse.Namespace, receive: str) -> str:
         stats.sort_stats("tottime").print_stats(args.top)
     text = out.getvalue()
     table = text[text.index("   ncalls") :] if "   ncalls" in text else text
-    return f"{figures['msgs_per_s']:.0f} msgs/s under cProfile\n{table}"
+    return f"{rate(figures)} under cProfile\n{table}"
 
 
 def with_py_spy(args: argparse.Namespace, receive: str) -> str:
@@ -91,7 +93,7 @@ def with_py_spy(args: argparse.Namespace, receive: str) -> str:
         figures = run([*spy, "--output", path, "--", *bench_argv(args, receive)], dict(os.environ))
         with open(path) as f:
             samples = f.read().splitlines()
-    parts = [f"{figures['msgs_per_s']:.0f} msgs/s while sampled"]
+    parts = [f"{rate(figures)} while sampled"]
     for role, marker in (("child", "/child.py "), ("parent", "/parent.py ")):
         own = own_time(samples, marker)
         total = sum(own.values()) or 1
@@ -99,6 +101,13 @@ def with_py_spy(args: argparse.Namespace, receive: str) -> str:
         for name, count in own.most_common(args.top):
             parts.append(f"  {100 * count / total:5.1f}%  {name}")
     return "\n".join(parts)
+
+
+def rate(figures: dict) -> str:
+    """The benchmark's rate, with its unit."""
+    if "msgs_per_s" in figures:
+        return f"{figures['msgs_per_s']:.0f} msgs/s"
+    return f"{figures['round_trips_per_s']:.0f} round trips/s"
 
 
 _PROCESS = re.compile(r'^process \d+:"([^"]*)"$')
@@ -131,8 +140,8 @@ def main(argv: list) -> int:
     profile = with_py_spy if args.py_spy else with_cprofile
     for receive in args.receive:
         print(
-            f"## stream of {args.messages} messages, {args.serialization}, child receives "
-            f"with {'recv()' if receive == 'recv' else repr('message')}\n"
+            f"## {args.bench} of {args.messages} messages, {args.serialization}, both ends "
+            f"receive with {'recv()' if receive == 'recv' else repr('message')}\n"
         )
         print(profile(args, receive))
         print()

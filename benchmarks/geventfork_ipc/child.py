@@ -10,8 +10,8 @@ RECEIVE is how it takes its messages: ``message`` (the default) with a
 ``process.messages()``.
 
 With ``GEVENTFORK_BENCH_PROFILE=PATH`` in its environment it runs under
-cProfile from its first message on and writes the statistics to PATH once
-the Nth came ('stream' and 'large'), for ``benchmarks/profile_ipc.py``.
+cProfile from its first message to its Nth and then writes the statistics
+to PATH, for ``benchmarks/profile_ipc.py``.
 """
 
 import cProfile
@@ -26,6 +26,7 @@ profile_path = os.environ.get("GEVENTFORK_BENCH_PROFILE")
 profiler = cProfile.Profile() if profile_path else None
 count = 0
 bytes_ = 0
+profiled = 0
 
 
 def on_message(m, handle):
@@ -33,22 +34,30 @@ def on_message(m, handle):
     if mode == "pingpong":
         process.send(m)
         return
-    if count == 0 and profiler is not None:
-        profiler.enable()
     count += 1
     if "data" in m:
         bytes_ += len(m["data"])
     if count == expected:
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(profile_path)
         process.send({"type": "done", "count": count, "bytes": bytes_})
 
 
+def on_message_profiled(m, handle):
+    """``on_message`` with cProfile on from the first message to the Nth."""
+    global profiled
+    if profiled == 0:
+        profiler.enable()
+    on_message(m, handle)
+    profiled += 1
+    if profiled == expected:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+
+
+handler = on_message if profiler is None else on_message_profiled
 if receive == "recv":
     process.send({"type": "ready"})
     for message, handle in process.messages():
-        on_message(message, handle)
+        handler(message, handle)
 else:
-    process.on("message", on_message)
+    process.on("message", handler)
     process.send({"type": "ready"})
