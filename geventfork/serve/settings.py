@@ -46,7 +46,7 @@ class Route:
 
 @dataclass
 class Settings:
-    """Every option of ``geventfork serve``, with its default (see SERVE.md)."""
+    """Every option of ``geventfork serve``, with its default (README: "Serving an existing app")."""
 
     target: str = ""
     handler: bool = False  # --handler: a plain handle(socket, address) callable
