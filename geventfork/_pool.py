@@ -261,6 +261,7 @@ class Pool(EventEmitter):
         self._all_gone = Event()
         #: slot -> the worker a reload replaces there, until its replacement is ready
         self._outgoing: Dict[int, _Worker] = {}
+        self._forking = 0  # fork() calls under way (close() waits for them)
         self.heartbeat = heartbeat or 0.0
         self._pinger: Any = None
         if self.heartbeat:
@@ -415,7 +416,14 @@ class Pool(EventEmitter):
         if self._closing or slot >= self.size:
             return
         args = [self.shutdown_timeout, self.module, *self.args]
-        child = fork(_worker.__name__, args, **self._options)
+        self._forking += 1
+        try:
+            child = fork(_worker.__name__, args, **self._options)
+        except BaseException:
+            self._forking -= 1
+            self._maybe_all_gone()
+            raise
+        self._forking -= 1  # and no yield until it is in _live
         worker = _Worker(child, slot)
         child.on("message", lambda message, handle: self._forward(worker, message, handle))
         child.on("internalMessage", lambda message, handle: self._internal(worker, message))
@@ -428,6 +436,9 @@ class Pool(EventEmitter):
         worker.timer.start(self._ready, worker)
         self._live.append(worker)
         self._live.sort(key=lambda w: w.slot)
+        if self._closing:  # close() ran while fork() waited: this one goes too
+            child.disconnect()
+            return
         if announce:
             self._announce(child)
         self._send_waiting()
@@ -569,7 +580,7 @@ class Pool(EventEmitter):
         self.emit("error", err)
 
     def _maybe_all_gone(self) -> None:
-        if self._closing and not self._live:
+        if self._closing and not self._live and not self._forking:
             self._all_gone.set()
 
     def _unhandled_error(self, err: object) -> None:

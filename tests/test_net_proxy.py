@@ -90,9 +90,7 @@ def bad_input_cases():
 
 
 @pytest.mark.parametrize("case", sorted(bad_input_cases()))
-def test_a_connection_whose_header_is_not_believed_is_closed_and_logged_once(
-    proxied, caplog, case
-):
+def test_a_connection_whose_header_is_not_believed_is_closed_and_logged_once(proxied, caplog, case):
     sent, options, says = bad_input_cases()[case]
     server, conns = proxied(**options)
     baseline = fd_count()

@@ -151,3 +151,23 @@ def test_the_librarys_own_messages_never_reach_message_listeners(no_leaked_child
     finally:
         child.kill(signal.SIGKILL)
         child.wait(TIMEOUT)
+
+
+def test_a_worker_forked_while_the_pool_closes_is_disconnected_too(pools, monkeypatch):
+    from geventfork import _pool
+
+    pool = pools(1)
+    real_fork = _pool.fork
+
+    def slow_fork(*args, **options):
+        gevent.sleep(0.3)  # close() runs meanwhile
+        return real_fork(*args, **options)
+
+    monkeypatch.setattr(_pool, "fork", slow_fork)
+    growing = gevent.spawn(pool.resize, 2)
+    gevent.sleep(0.05)
+    started = gevent.get_hub().loop.now()
+    pool.close(timeout=TIMEOUT)
+    growing.join(TIMEOUT)
+    assert gevent.get_hub().loop.now() - started < 3  # not the whole timeout
+    assert pool.workers == []

@@ -46,7 +46,7 @@ class Route:
 
 @dataclass
 class Settings:
-    """Every option of ``geventfork serve``, with its default (README: "Serving an existing app")."""
+    """Every option of ``geventfork serve`` and its default (README: serving an app)."""
 
     target: str = ""
     handler: bool = False  # --handler: a plain handle(socket, address) callable

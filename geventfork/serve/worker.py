@@ -93,6 +93,8 @@ class Worker:
         # retires this worker gracefully, as gunicorn's workers do.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gevent.signal_handler(signal.SIGTERM, self.retire, True)
+        if not process.connected:  # the parent stopped while the app was importing
+            self.stop()
 
     # -- connections --------------------------------------------------------
 
