@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+from _process_group import ProcessGroup
 from _serve_setup import ERROR_KINDS, BenchError, Load, Server, Settings, start
 
 # wrk -------------------------------------------------------------------------------
@@ -30,20 +31,53 @@ def wrk_argv(load: Load, port: int, duration: int, threads: int) -> list:
     ]
 
 
-def run_wrk(argv: list) -> dict:
-    """Run wrk and return its figures (see ``parse_wrk``).
+class Wrk:
+    """One wrk process, started at once, its output read at the end.
 
-    Raises:
-        BenchError: wrk failed or printed no rate.
+    Args:
+        argv: the command line (``wrk_argv``).
     """
-    duration = int(next(a for a in argv if a.startswith("-d"))[2:-1])
+
+    def __init__(self, argv: list) -> None:
+        self.argv = argv
+        self.duration = int(next(a for a in argv if a.startswith("-d"))[2:-1])
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def result(self) -> dict:
+        """Wait for wrk to end; return its figures (see ``parse_wrk``).
+
+        Raises:
+            BenchError: wrk failed, did not end, or printed no rate.
+        """
+        try:
+            out, err = self.popen.communicate(timeout=self.duration + 60)
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise BenchError(f"wrk did not end: {' '.join(self.argv)}") from exc
+        if self.popen.returncode:
+            raise BenchError(f"wrk failed ({self.popen.returncode}): {err.strip()}")
+        return parse_wrk(out)
+
+    def stop(self) -> None:
+        """Kill wrk if it still runs (on failure or Ctrl-C), and reap it."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.communicate()
+
+
+def run_wrk(argv: list) -> dict:
+    """Run wrk to its end and return its figures (see ``Wrk.result``)."""
+    wrk = Wrk(argv)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"wrk did not end: {' '.join(argv)}") from exc
-    if done.returncode:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
-    return parse_wrk(done.stdout)
+        return wrk.result()
+    finally:
+        wrk.stop()
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -53,7 +87,8 @@ def parse_wrk(text: str) -> dict:
     """Figures from wrk's ``--latency`` output.
 
     Returns:
-        ``req_per_s``, ``requests``, ``p50_ms``, ``p99_ms``, the errors
+        ``req_per_s``, ``requests`` (complete responses, any status),
+        ``p50_ms``, ``p99_ms``, the errors
         ``connect``, ``read``, ``write``, ``timeout``, ``non_2xx`` and their
         sum ``errors``.
 
@@ -90,7 +125,7 @@ def measure_load(server: Server, load: Load, settings: Settings, workdir: str, t
 
     Besides wrk's figures: ``cpu_us_per_request``, the CPU time (user and
     system) the server's processes spent during the measured run per
-    request answered, from /proc: steadier than the rates on a shared
+    response (``requests``), from /proc: steadier than the rates on a shared
     machine, since another process's load slows both alike.
     """
     group, port = start(server, workdir, tag)
@@ -100,9 +135,8 @@ def measure_load(server: Server, load: Load, settings: Settings, workdir: str, t
         before = group.cpu_seconds()
         figures = run_wrk(wrk_argv(load, port, settings.duration, settings.wrk_threads))
         spent = _cpu_spent(before, group.cpu_seconds())
-        answered = figures["requests"] - figures["errors"]
-        if answered > 0:
-            figures["cpu_us_per_request"] = spent / answered * 1e6
+        if figures["requests"]:
+            figures["cpu_us_per_request"] = spent / figures["requests"] * 1e6
         figures["server_died"] = int(not group.running())
         return figures
     finally:
@@ -140,30 +174,19 @@ def measure_reload(server: Server, settings: Settings, workdir: str, tag: str) -
         "wrk_keepalive": wrk_argv(Load("", "/", 20), port, duration, 1),
         "wrk_close": wrk_argv(Load("", "/", 10, ("Connection: close",)), port, duration, 1),
     }
-    results: dict = {}
-    threads = [
-        threading.Thread(target=lambda k=k, a=a: results.__setitem__(k, _safe_wrk(a)))
-        for k, a in wrks.items()
-    ]
     clients = {
         "python_keepalive": KeepAliveClients(port, settings.reload_clients, (0.05, 0.5)),
         "python_idle": KeepAliveClients(port, settings.idle_clients, (2.5, 3.5)),
     }
+    running: dict = {}
     try:
         pids_before = set(group.cpu_seconds())
-        for t in threads:
-            t.start()
+        running = {kind: Wrk(argv) for kind, argv in wrks.items()}
         for c in clients.values():
             c.start()
         time.sleep(1)
-        for number in range(settings.hups):
-            if not group.running():
-                break
-            os.kill(group.popen.pid, signal.SIGHUP)
-            if number + 1 < settings.hups:
-                time.sleep(settings.hup_interval)
-        for t in threads:
-            t.join()
+        _hups(group, settings)
+        results = {kind: wrk.result() for kind, wrk in running.items()}
         for c in clients.values():
             c.stop()
         figures = _reload_figures(results, clients)
@@ -173,32 +196,33 @@ def measure_reload(server: Server, settings: Settings, workdir: str, tag: str) -
         )
         return figures
     finally:
+        for wrk in running.values():
+            wrk.stop()
         for c in clients.values():
             c.stop()
         group.stop()
 
 
-def _safe_wrk(argv: list) -> object:
-    """``run_wrk``, its BenchError returned instead of raised (it runs in a thread)."""
-    try:
-        return run_wrk(argv)
-    except BenchError as exc:
-        return exc
+def _hups(group: ProcessGroup, settings: Settings) -> None:
+    """SIGHUP to the server's parent ``settings.hups`` times, ``hup_interval`` s apart."""
+    for number in range(settings.hups):
+        if not group.running():
+            return
+        os.kill(group.popen.pid, signal.SIGHUP)
+        if number + 1 < settings.hups:
+            time.sleep(settings.hup_interval)
 
 
 def _reload_figures(results: dict, clients: dict) -> dict:
     """The reload section's figures from wrk's results and the Python clients.
 
     ``ok`` and ``failed`` sum every load but the idle clients (``python_idle_*``).
-
-    Raises:
-        BenchError: a wrk run failed.
     """
     figures: dict = {}
     for kind, outcome in results.items():
-        if isinstance(outcome, BenchError):
-            raise outcome
-        figures[f"{kind}_ok"] = outcome["requests"] - outcome["errors"]
+        # wrk's "requests" are complete responses, whatever their status; its
+        # socket errors are requests that got none (a timeout may yet get one).
+        figures[f"{kind}_ok"] = outcome["requests"] - outcome["non_2xx"]
         figures[f"{kind}_failed"] = outcome["errors"]
     for kind, group in clients.items():
         figures[f"{kind}_ok"] = group.ok

@@ -38,8 +38,8 @@ def rows() -> list:
         out += [
             Row(name, f"{title}: req/s", "req_per_s", target=("ratio>=", targets[name])),
             Row(name, f"{title}: latency p50 (ms)", "p50_ms", ".2f"),
-            Row(name, f"{title}: server CPU µs/request", "cpu_us_per_request"),
             Row(name, f"{title}: latency p99 (ms)", "p99_ms", ".2f", target=("ratio<=", 1.0)),
+            Row(name, f"{title}: server CPU µs/request", "cpu_us_per_request"),
             Row(name, f"{title}: errors (total)", "errors", "d", True, ("zero",)),
             Row(name, f"{title}: errors {ERROR_LABELS}", "", parts=ERROR_KINDS),
             Row(name, f"{title}: server died (runs)", "server_died", "d", True),
