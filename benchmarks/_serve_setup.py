@@ -216,15 +216,18 @@ def versions(python: str) -> str:
         "        return m.version(n)\n"
         "    except m.PackageNotFoundError:\n"
         "        return 'missing'\n"
+        "import importlib.util as u\n"
+        "spec = u.find_spec('geventfork')\n"
+        "where = spec.submodule_search_locations[0] if spec else 'none'\n"
         "print(f'Python {sys.version.split()[0]} ({sys.executable}), '"
-        " + ', '.join(f'{n} {v(n)}' for n in names))\n"
+        " + ', '.join(f'{n} {v(n)}' for n in names) + f' (imported from {where})')\n"
     )
     packages = _output([python, "-c", code]) or f"{python}: cannot tell"
     wrk = _output(["wrk", "-v"]).splitlines()
     commit = _output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"{packages}; geventfork checkout {commit or 'unknown'}; "
+        f"{packages}; this checkout {commit or 'unknown'}; "
         f"{wrk[0].split(' Copyright')[0] if wrk else 'wrk ?'}; "
         f"{os.cpu_count()} CPUs, load average {load}"
     )
