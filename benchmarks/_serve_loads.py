@@ -273,6 +273,7 @@ class KeepAliveClients:
         self._threads = []
 
     def _client(self) -> None:
+        """One client's loop, until ``stop``."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         local = None
         try:

@@ -117,6 +117,7 @@ def _parts(row: Row, runs: list) -> str:
 
 
 def _aggregate(row: Row, runs: list) -> Optional[float]:
+    """The median over the runs (counts: the total); None without data."""
     values = [r[row.key] for r in runs if row.key in r]
     if not values:
         return None
@@ -124,18 +125,21 @@ def _aggregate(row: Row, runs: list) -> Optional[float]:
 
 
 def _ratio(mine: Optional[float], theirs: Optional[float]) -> Optional[float]:
+    """geventfork / gunicorn, or None where it means nothing."""
     if mine is None or theirs is None or theirs == 0:
         return None
     return mine / theirs
 
 
 def _number(value: Optional[float], fmt: str) -> str:
+    """A table cell for a figure; ``-`` without data."""
     if value is None:
         return "-"
     return format(round(value) if fmt == "d" else value, fmt)
 
 
 def _target(row: Row) -> str:
+    """The target column: what geventfork's figure must be."""
     if not row.target:
         return ""
     kind = row.target[0]
@@ -149,6 +153,7 @@ def _target(row: Row) -> str:
 
 
 def _met(row: Row, values: dict, ratio: Optional[float]) -> str:
+    """The met column: ``met``, ``NOT met``, ``n/a`` (no data) or empty (no target)."""
     if not row.target:
         return ""
     mine, theirs = values["geventfork"], values["gunicorn"]

@@ -111,6 +111,7 @@ def servers(python: str) -> dict:
 
 
 def _fill(args: list, port: object) -> list:
+    """``args`` with ``{port}`` replaced."""
     return [a.format(port=port) for a in args]
 
 
@@ -198,6 +199,11 @@ def _copy_checkout(workdir: str) -> str:
 
 
 def _pip_step(argv: list, log_path: str) -> None:
+    """Run one set-up command, its output appended to ``log_path``.
+
+    Raises:
+        BenchError: it failed (with the log's last lines).
+    """
     with open(log_path, "ab") as log:
         code = subprocess.run(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL).returncode
     if code:
@@ -234,6 +240,7 @@ def versions(python: str) -> str:
 
 
 def _output(cmd: list) -> str:
+    """What ``cmd`` printed (stdout, then stderr), or "" if it could not run."""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=HERE)
     except (OSError, subprocess.SubprocessError):

@@ -47,6 +47,7 @@ from _serve_setup import (
 
 
 def parse_args(argv: list) -> argparse.Namespace:
+    """The options; a usage error exits 2 with argparse's message."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rounds", type=int, default=None, help=f"runs to take the median of [{MIN_ROUNDS}]"
@@ -125,6 +126,7 @@ def run_all(rounds: int, jobs: list) -> tuple:
 
 
 def _summary(figures: dict) -> str:
+    """A progress line for one measurement."""
     if "req_per_s" in figures:
         return (
             f"{figures['req_per_s']:.0f} req/s, p50 {figures.get('p50_ms', 0):.2f} ms, "
@@ -195,10 +197,12 @@ def report(
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """TERM and HUP stop the run as Ctrl-C does (everything started is stopped)."""
     raise KeyboardInterrupt
 
 
 def main(argv: list) -> int:
+    """Set up, measure, report; return the exit status (see the module's docstring)."""
     args = parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     if shutil.which("wrk") is None:
