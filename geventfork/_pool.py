@@ -262,6 +262,8 @@ class Pool(EventEmitter):
         #: slot -> the worker a reload replaces there, until its replacement is ready
         self._outgoing: Dict[int, _Worker] = {}
         self._forking = 0  # fork() calls under way (close() waits for them)
+        #: Whether a worker has got going (is or was ready) since the pool was made.
+        self.started = False
         self.heartbeat = heartbeat or 0.0
         self._pinger: Any = None
         if self.heartbeat:
@@ -480,8 +482,8 @@ class Pool(EventEmitter):
         ``heartbeat`` s; ping the others."""
         now = time.monotonic()
         for worker in list(self._live):
-            if not worker.ready or worker.exited:
-                continue
+            if not worker.ready or worker.exited or not worker.channel_open():
+                continue  # a worker that disconnected cannot answer: not judged
             if now - worker.pong > self.heartbeat:
                 worker.pong = float("inf")  # killed once
                 self.emit("timeout", worker.child)
@@ -505,6 +507,7 @@ class Pool(EventEmitter):
         if worker.ready or worker.exited:
             return
         worker.ready = True
+        self.started = True
         worker.pong = time.monotonic()
         worker.timer.stop()
         self._unready_exits = 0

@@ -10,7 +10,7 @@ from gevent import socket as gsocket
 from gevent.server import StreamServer
 
 from ._dispatch import submit
-from ._lifetime import FAMILIES, Accepted, HostPort, host_port
+from ._lifetime import FAMILIES, Accepted, HostPort, close_later, host_port
 from ._proxied import LOOPBACK, TIMEOUT, ProxyPolicy
 from ._stream import Socket
 from .errors import InvalidHandleTypeError
@@ -227,6 +227,10 @@ class Server(EventEmitter):
     def _accepted(self, sock: Any, peer: Optional[HostPort]) -> None:
         """A connection to emit: ``sock`` an ``Accepted`` or a plain socket;
         ``peer`` the client's address, when a PROXY header said it."""
+        if self._closing and not isinstance(sock, Accepted):
+            # Its PROXY header was read after close(): no 'connection' after 'close'.
+            close_later(sock, True, None)
+            return
         if self.max_connections is not None and self._open >= self.max_connections:
             self._drop(sock)
             return

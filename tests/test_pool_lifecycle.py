@@ -171,3 +171,16 @@ def test_a_worker_forked_while_the_pool_closes_is_disconnected_too(pools, monkey
     growing.join(TIMEOUT)
     assert gevent.get_hub().loop.now() - started < 3  # not the whole timeout
     assert pool.workers == []
+
+
+def test_a_worker_that_disconnected_is_not_judged_by_the_heartbeat(pools):
+    pool = pools(1, ["custom"], heartbeat=0.5)  # "custom": it disconnects 0.2 s after asked
+    events = record(pool, "spawn", "exit", "timeout", "message")
+    take(events, "spawn")
+    wait_until(lambda: all(w.ready for w in pool._live), "the worker ready")
+    old = pool.workers[0]
+    old.send("linger")  # after it disconnects, it stays up 2 s more
+    pool.reload()
+    (exit_entry,) = [e for e in take(events, "exit") if e[1] is old]
+    assert exit_entry[2] == 0 and exit_entry[3] is None  # exited by itself, not SIGKILL
+    assert not [e for e in list(events.queue) if e[0] == "timeout"]

@@ -57,6 +57,7 @@ class Settings:
     graceful_timeout: float = 30.0
     timeout: float = 30.0
     idle_return: float = 2.0
+    keep_alive: float = 75.0
     access_log: Optional[str] = None
     log_level: str = "info"
     chdir: Optional[str] = None
