@@ -460,9 +460,9 @@ class Pool(EventEmitter):
         self._ready(worker)
         if state == "retiring":
             worker.retiring = True  # from now on: no new sends
-            submit(self._release, worker)  # not in the channel's reader: fork() waits
+            submit(self._start_successor, worker)  # not in the channel's reader: fork() waits
 
-    def _release(self, worker: _Worker) -> None:
+    def _start_successor(self, worker: _Worker) -> None:
         """``worker`` retires: start its replacement now, unless its slot is gone."""
         if not worker.released:
             worker.released = True
@@ -539,7 +539,7 @@ class Pool(EventEmitter):
         if self._outgoing.get(worker.slot) is worker:
             del self._outgoing[worker.slot]
         if worker.retiring:
-            self._release(worker)  # unless replaced already, or its slot is gone
+            self._start_successor(worker)  # unless replaced already, or its slot is gone
         # Every send to it was answered (ACK, NACK or ChannelClosedError)
         # before its channel closed; a job left here is judged the same way.
         left = list(worker.serving) + list(worker.sending)
