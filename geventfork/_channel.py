@@ -309,8 +309,13 @@ class Channel:
         limit = self.max_size - (_handles.MAX_TRAILER if handle is not None else 0)
         if len(payload) > limit:
             raise SerializationError(
-                f"message of {len(payload)} bytes is over the channel's {limit}-byte limit"
-                + (" (with a handle)" if handle is not None else "")
+                f"message of {len(payload)} bytes is over the channel's "
+                f"{self.max_size}-byte limit"
+                + (
+                    f" ({_handles.MAX_TRAILER} bytes of it ride with a handle)"
+                    if handle is not None
+                    else ""
+                )
             )
         queued = self._backlog()
         if queued + len(payload) > self.max_queued:

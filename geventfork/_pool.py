@@ -595,14 +595,16 @@ class Pool(EventEmitter):
 
     def _connected(self) -> List[_Worker]:
         """The workers a send may go to: connected, neither exited nor retiring;
-        only the ready ones, if any is (a new worker may still be importing)."""
+        during a reload, not a new worker until it is ready (the one it
+        replaces serves meanwhile)."""
         workers = [
             worker
             for worker in self._live
             if not worker.retiring and not worker.exited and worker.channel_open()
         ]
-        ready = [worker for worker in workers if worker.ready]
-        return ready or workers
+        if self._outgoing:
+            workers = [w for w in workers if w.ready or w.slot not in self._outgoing]
+        return workers
 
     def _pick(self, workers: List[_Worker]) -> _Worker:
         self._turn = (self._turn + 1) % len(workers)
