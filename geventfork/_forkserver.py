@@ -11,8 +11,9 @@ Design (Linux only):
 - One template per distinct start-up: the Python, ``monkey``, the process
   group, and the environment variables an interpreter reads as it starts
   (``PYTHON*``, ``GEVENT*``, locale, ``HOME``, ``LD_*``). It is started on
-  the first ``fork()`` that needs it, with our fds 0-2 replaced by
-  ``/dev/null`` but for stderr, and SIGINT blocked for good.
+  the first ``fork()`` that needs it, with those variables only (no
+  child's own lingers there), ``/dev/null`` as its stdio, and SIGINT
+  blocked for good (its children start with it blocked, as spawned ones).
 - The template forks with ``clone(CLONE_PARENT)``: the new process is our
   child, not the template's, from its first instruction: ``wait()``,
   ``kill()`` and ``'exit'`` work as for a spawned child, ``os.getppid()``
@@ -45,7 +46,15 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import _socket
 
-__all__ = ["available", "fork_child", "Adopted", "templates", "encode_frame", "recv_frame"]
+__all__ = [
+    "available",
+    "fork_child",
+    "Adopted",
+    "templates",
+    "encode_frame",
+    "send_frame",
+    "recv_frame",
+]
 
 #: The frame header: the JSON payload's size, big-endian.
 HEADER = struct.Struct(">I")
