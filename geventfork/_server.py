@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket as _stdlib_socket
 from typing import Any, Callable, Optional, Sequence, Tuple, TypedDict, Union
@@ -17,6 +19,15 @@ from .errors import InvalidHandleTypeError
 from .events import EventEmitter
 
 __all__ = ["Server", "AddressInfo"]
+
+log = logging.getLogger("geventfork.net")
+
+#: ``accept`` errors that mean "not now": out of fds or memory.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Seconds accepting pauses after such an error.
+ACCEPT_PAUSE = 0.1
+#: Seconds between two warnings about it.
+PAUSE_WARNING_EVERY = 10.0
 
 
 class AddressInfo(TypedDict):
@@ -52,6 +63,9 @@ class _Acceptor(StreamServer):
     only if the connection is used here, not just sent on.
     """
 
+    _paused: Any = None  # the timer that resumes accepting, while out of fds
+    _warned_at = float("-inf")
+
     # It gives the handler (Server._accept) an Accepted, where the stubs say a socket.
     def do_read(self) -> Optional[Tuple[Accepted, Any]]:  # type: ignore[override]
         listener = self.socket
@@ -61,7 +75,33 @@ class _Acceptor(StreamServer):
             fd, address = listener._accept()  # type: ignore[attr-defined]  # noqa: SLF001
         except BlockingIOError:
             return None
+        except OSError as exc:
+            if exc.errno not in OUT_OF_RESOURCES:
+                raise
+            self._pause(exc)  # clients wait in the backlog meanwhile, as nginx lets them
+            return None
         return Accepted(fd, listener.family, listener.type, listener.proto, address), address
+
+    def _pause(self, exc: OSError) -> None:
+        """Out of fds (or memory): stop accepting for ``ACCEPT_PAUSE`` s, with one line."""
+        if self._paused is not None:
+            return
+        now = self.loop.now()
+        if now - self._warned_at >= PAUSE_WARNING_EVERY:  # one line, not ten a second
+            self._warned_at = now
+            log.warning(
+                "accepting paused for %g s: %s (raise the open-file limit, ulimit -n)",
+                ACCEPT_PAUSE,
+                exc.strerror or exc,
+            )
+        self.stop_accepting()
+        self._paused = self.loop.timer(ACCEPT_PAUSE)
+        self._paused.start(self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if not self.closed:
+            self.start_accepting()
 
     def do_close(self, sock: object, *args: object) -> None:
         pass
