@@ -31,10 +31,16 @@ class ProcessGroup:
         out_path: the file stdout goes to.
         err_path: the file stderr goes to.
         nofile: its limit on open files (RLIMIT_NOFILE); None keeps ours.
+        cwd: the folder it starts in; None keeps ours.
     """
 
     def __init__(
-        self, argv: list, out_path: str, err_path: str, nofile: Optional[int] = None
+        self,
+        argv: list,
+        out_path: str,
+        err_path: str,
+        nofile: Optional[int] = None,
+        cwd: Optional[str] = None,
     ) -> None:
         self.argv = argv
         self.out_path = out_path
@@ -48,6 +54,7 @@ class ProcessGroup:
                 stderr=err,
                 start_new_session=True,
                 preexec_fn=limit,
+                cwd=cwd,
             )
         self.pgid = self.popen.pid
         _live.add(self)

@@ -306,9 +306,16 @@ class Channel:
         if not self.connected:
             raise ChannelClosedError("the IPC channel is closed")
         payload = self._codec.dumps(message)
-        if len(payload) + (_handles.MAX_TRAILER if handle is not None else 0) > self.max_size:
+        limit = self.max_size - (_handles.MAX_TRAILER if handle is not None else 0)
+        if len(payload) > limit:
             raise SerializationError(
-                f"message of {len(payload)} bytes is over the channel's {self.max_size}-byte limit"
+                f"message of {len(payload)} bytes is over the channel's "
+                f"{self.max_size}-byte limit"
+                + (
+                    f" ({_handles.MAX_TRAILER} bytes of it ride with a handle)"
+                    if handle is not None
+                    else ""
+                )
             )
         queued = self._backlog()
         if queued + len(payload) > self.max_queued:

@@ -43,14 +43,15 @@ PAUSED = 1  # net.Socket: nothing has read from it; the receiver keeps it paused
 TCP4 = 2  # net.Socket: a TCP socket over IPv4 (the receiver need not ask the kernel)
 TCP6 = 4  # net.Socket: a TCP socket over IPv6
 TRACKED = 8  # net.Socket: the sender keeps a copy; tell it (DONE) when done with it
-#: net.Socket (TCP4 or TCP6): the payload ends with the peer's address, which
-#: the codec never sees: 4 (TCP4) or 16 (TCP6) address bytes, then the port
-#: (u16 BE). The receiver need not ask the kernel (``getpeername``), and a
-#: sender that learnt the client's address otherwise (a PROXY protocol
-#: header) passes that one on.
+#: net.Socket: the payload ends with the peer's IP address, which the codec
+#: never sees: 4 (IPv4) or 16 (IPv6) address bytes, the port (u16 BE), then
+#: that address's size in one byte. The receiver need not ask the kernel
+#: (``getpeername``), and a sender that learnt the client's address
+#: otherwise (a PROXY protocol header, whose client may be IPv6 behind an
+#: IPv4 balancer, or be behind a Unix socket) passes that one on.
 PEER = 16
 #: The longest ``PEER`` trailer, in bytes: it counts towards the frame's size.
-MAX_TRAILER = 18
+MAX_TRAILER = 19
 PAUSE_ON_CONNECT = 1  # net.Server
 ALLOW_HALF_OPEN = 2  # net.Server
 
@@ -114,7 +115,7 @@ def to_wire(handle: object, track: bool = False) -> Outgoing:
         flags = (PAUSED if handle.is_paused else 0) | _tcp_flag(family, kind)
         if track:
             flags |= TRACKED
-        trailer = _pack_peer(flags, peer)
+        trailer = _pack_peer(peer)
         if trailer:
             flags |= PEER
         return Outgoing(
@@ -164,14 +165,15 @@ def _raw_to_wire(sock: Union[_socket.socket, gsocket.socket]) -> Outgoing:
 _PORT = struct.Struct("!H")
 
 
-def _pack_peer(flags: int, peer: Optional[HostPort]) -> bytes:
-    """The ``PEER`` trailer for a TCP socket's ``peer``, or b"" if there is none."""
-    if peer is None or peer[0] is None or peer[1] is None or not flags & (TCP4 | TCP6):
+def _pack_peer(peer: Optional[HostPort]) -> bytes:
+    """The ``PEER`` trailer for ``peer``, or b"" unless it is an IP address and port."""
+    if peer is None or peer[0] is None or peer[1] is None:
         return b""
-    family = _socket.AF_INET if flags & TCP4 else _socket.AF_INET6
+    host = peer[0]
     try:
-        return _socket.inet_pton(family, peer[0]) + _PORT.pack(peer[1])
-    except (OSError, ValueError, struct.error):  # not an address of that family
+        packed = _socket.inet_pton(_socket.AF_INET6 if ":" in host else _socket.AF_INET, host)
+        return packed + _PORT.pack(peer[1]) + bytes((len(packed),))
+    except (OSError, ValueError, struct.error):  # not an IP address (a Unix socket's path)
         return b""
 
 
@@ -179,16 +181,17 @@ def split_peer(code: int, flags: int, payload: bytes) -> Tuple[bytes, Optional[H
     """A received frame's payload without its ``PEER`` trailer, and that address.
 
     Raises:
-        ProtocolError: the payload is too short for the trailer.
+        ProtocolError: the trailer is malformed.
     """
-    if code != SOCKET or not flags & PEER or not flags & (TCP4 | TCP6):
+    if code != SOCKET or not flags & PEER:
         return payload, None
-    family, size = (_socket.AF_INET, 4) if flags & TCP4 else (_socket.AF_INET6, 16)
-    if len(payload) < size + 2:
-        raise ProtocolError("a socket's frame is too short for its peer address", payload)
-    address = payload[-size - 2 : -2]
-    (port,) = _PORT.unpack_from(payload, len(payload) - 2)
-    return payload[: -size - 2], (_socket.inet_ntop(family, address), port)
+    size = payload[-1] if payload else 0
+    if size not in (4, 16) or len(payload) < size + 3:
+        raise ProtocolError("a socket's frame ends with no valid peer address", payload[-19:])
+    family = _socket.AF_INET if size == 4 else _socket.AF_INET6
+    address = payload[-size - 3 : -3]
+    (port,) = _PORT.unpack_from(payload, len(payload) - 3)
+    return payload[: -size - 3], (_socket.inet_ntop(family, address), port)
 
 
 def tracked(code: int, flags: int) -> bool:

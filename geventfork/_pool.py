@@ -261,6 +261,9 @@ class Pool(EventEmitter):
         self._all_gone = Event()
         #: slot -> the worker a reload replaces there, until its replacement is ready
         self._outgoing: Dict[int, _Worker] = {}
+        self._forking = 0  # fork() calls under way (close() waits for them)
+        #: Whether a worker has got going (is or was ready) since the pool was made.
+        self.started = False
         self.heartbeat = heartbeat or 0.0
         self._pinger: Any = None
         if self.heartbeat:
@@ -415,7 +418,14 @@ class Pool(EventEmitter):
         if self._closing or slot >= self.size:
             return
         args = [self.shutdown_timeout, self.module, *self.args]
-        child = fork(_worker.__name__, args, **self._options)
+        self._forking += 1
+        try:
+            child = fork(_worker.__name__, args, **self._options)
+        except BaseException:
+            self._forking -= 1
+            self._maybe_all_gone()
+            raise
+        self._forking -= 1  # and no yield until it is in _live
         worker = _Worker(child, slot)
         child.on("message", lambda message, handle: self._forward(worker, message, handle))
         child.on("internalMessage", lambda message, handle: self._internal(worker, message))
@@ -428,6 +438,9 @@ class Pool(EventEmitter):
         worker.timer.start(self._ready, worker)
         self._live.append(worker)
         self._live.sort(key=lambda w: w.slot)
+        if self._closing:  # close() ran while fork() waited: this one goes too
+            child.disconnect()
+            return
         if announce:
             self._announce(child)
         self._send_waiting()
@@ -447,9 +460,9 @@ class Pool(EventEmitter):
         self._ready(worker)
         if state == "retiring":
             worker.retiring = True  # from now on: no new sends
-            submit(self._release, worker)  # not in the channel's reader: fork() waits
+            submit(self._start_successor, worker)  # not in the channel's reader: fork() waits
 
-    def _release(self, worker: _Worker) -> None:
+    def _start_successor(self, worker: _Worker) -> None:
         """``worker`` retires: start its replacement now, unless its slot is gone."""
         if not worker.released:
             worker.released = True
@@ -469,8 +482,8 @@ class Pool(EventEmitter):
         ``heartbeat`` s; ping the others."""
         now = time.monotonic()
         for worker in list(self._live):
-            if not worker.ready or worker.exited:
-                continue
+            if not worker.ready or worker.exited or not worker.channel_open():
+                continue  # a worker that disconnected cannot answer: not judged
             if now - worker.pong > self.heartbeat:
                 worker.pong = float("inf")  # killed once
                 self.emit("timeout", worker.child)
@@ -494,6 +507,7 @@ class Pool(EventEmitter):
         if worker.ready or worker.exited:
             return
         worker.ready = True
+        self.started = True
         worker.pong = time.monotonic()
         worker.timer.stop()
         self._unready_exits = 0
@@ -525,7 +539,7 @@ class Pool(EventEmitter):
         if self._outgoing.get(worker.slot) is worker:
             del self._outgoing[worker.slot]
         if worker.retiring:
-            self._release(worker)  # unless replaced already, or its slot is gone
+            self._start_successor(worker)  # unless replaced already, or its slot is gone
         # Every send to it was answered (ACK, NACK or ChannelClosedError)
         # before its channel closed; a job left here is judged the same way.
         left = list(worker.serving) + list(worker.sending)
@@ -569,7 +583,7 @@ class Pool(EventEmitter):
         self.emit("error", err)
 
     def _maybe_all_gone(self) -> None:
-        if self._closing and not self._live:
+        if self._closing and not self._live and not self._forking:
             self._all_gone.set()
 
     def _unhandled_error(self, err: object) -> None:
@@ -581,14 +595,16 @@ class Pool(EventEmitter):
 
     def _connected(self) -> List[_Worker]:
         """The workers a send may go to: connected, neither exited nor retiring;
-        only the ready ones, if any is (a new worker may still be importing)."""
+        during a reload, not a new worker until it is ready (the one it
+        replaces serves meanwhile)."""
         workers = [
             worker
             for worker in self._live
             if not worker.retiring and not worker.exited and worker.channel_open()
         ]
-        ready = [worker for worker in workers if worker.ready]
-        return ready or workers
+        if self._outgoing:
+            workers = [w for w in workers if w.ready or w.slot not in self._outgoing]
+        return workers
 
     def _pick(self, workers: List[_Worker]) -> _Worker:
         self._turn = (self._turn + 1) % len(workers)

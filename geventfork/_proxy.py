@@ -77,7 +77,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
 
-from .errors import GeventforkError
+from .errors import ProxyProtocolError
 
 __all__ = [
     "V2_SIGNATURE",
@@ -119,21 +119,6 @@ _FAMILY_NAMES: Dict[int, Family] = {_UNSPEC: "unspec", _INET: "IPv4", _INET6: "I
 _TRANSPORT_NAMES: Dict[int, Transport] = {_UNSPEC: "unspec", _STREAM: "stream", _DGRAM: "dgram"}
 #: What ``parse`` reads: any bytes-like, so a caller's buffer is not copied.
 Buffer = Union[bytes, bytearray, memoryview]
-
-
-class ProxyProtocolError(GeventforkError):
-    """A PROXY protocol header is malformed or incomplete: the peer's fault.
-
-    Either the proxy in front is broken, or a client reached a port that
-    expects the PROXY protocol without going through the proxy. ``data``
-    holds the header's first bytes as evidence (a whole v1 line fits).
-    """
-
-    code = "ERR_PROXY_PROTOCOL"
-
-    def __init__(self, msg: str, data: Buffer = b"") -> None:
-        super().__init__(msg)
-        self.data = bytes(data[: V1_MAX_LENGTH + 1])
 
 
 @dataclass(frozen=True)

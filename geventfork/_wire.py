@@ -18,8 +18,10 @@ Rules that govern changes to the format:
 * A MESSAGE with ``nfds > 0`` has a non-zero ``ident`` and must be answered
   by exactly one ACK (the handle is in the receiver's hands) or NACK (its
   fds were lost, ``MSG_CTRUNC``: the sender still owns the handle). A
-  MESSAGE without fds but with a non-zero ``ident`` asks for an ACK too
-  (sent on receipt, before the message is handled).
+  MESSAGE without fds but with a non-zero ``ident`` asks for an ACK too.
+  The receiver sends the ACK when the message is taken: on receipt, before
+  it is handled, or, for one kept for a ``recv()`` call, when ``recv()``
+  returns it (until then the sender still owns the handle).
 * DONE follows the ACK of a MESSAGE whose handle the sender asked to hear
   about (a flag of the handle's, meaningless here): the receiver is done with
   the handle, and the sender may close its own copy.

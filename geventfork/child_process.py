@@ -29,7 +29,7 @@ from gevent import subprocess
 from gevent.event import Event
 
 from ._dispatch import submit
-from . import _wire
+from . import _forkserver, _wire
 from ._channel import MAX_QUEUED, Channel
 from ._environ import (
     CHANNEL_FD_ENV,
@@ -42,6 +42,8 @@ from ._owner import ChannelOwner
 from ._serialization import Codec, by_name
 
 if TYPE_CHECKING:  # pragma: no cover
+    import _socket
+
     from greenlet import greenlet
 
 __all__ = ["fork", "ChildProcess", "resolve_module"]
@@ -52,6 +54,9 @@ _MAX_PAYLOAD = 0xFFFFFFFF
 _STDIO = {"pipe": subprocess.PIPE, "inherit": None, "ignore": subprocess.DEVNULL}
 #: A signal as ``kill()`` takes it: a number, a ``signal.Signals``, or a name.
 SignalLike = Union[int, str]
+#: ``fork()``'s ``start_method``s: from the fork server's template where it
+#: applies (the default), or a new interpreter every time.
+START_METHODS = ("forkserver", "spawn")
 
 
 class ChildProcess(ChannelOwner):
@@ -75,6 +80,7 @@ class ChildProcess(ChannelOwner):
         max_queued: int,
         timeout: Optional[float] = None,
         kill_signal: int = _signal.SIGTERM,
+        forkserver: bool = False,
     ) -> None:
         """Start the child; ``fork()`` checks and builds these arguments (use it).
 
@@ -88,6 +94,8 @@ class ChildProcess(ChannelOwner):
             max_queued: the most bytes queued for the child.
             timeout: seconds after which the child is sent ``kill_signal``.
             kill_signal: the signal number ``timeout`` kills with.
+            forkserver: have a template fork it (``_forkserver``); it is
+                spawned if that fails.
         """
         super().__init__()
         self.pid: Optional[int] = None
@@ -101,7 +109,7 @@ class ChildProcess(ChannelOwner):
         self.stdin: Optional[IO[bytes]] = None
         self.stdout: Optional[IO[bytes]] = None
         self.stderr: Optional[IO[bytes]] = None
-        self._popen: Optional[subprocess.Popen[bytes]] = None
+        self._popen: Optional[Union[subprocess.Popen[bytes], _forkserver.Adopted]] = None
         # The loop timer behind ``timeout``: Any, as gevent's stubs omit the
         # ``ref`` that _set_ref sets.
         self._timer: Any = None
@@ -110,7 +118,7 @@ class ChildProcess(ChannelOwner):
         self._exit_greenlet: Optional[greenlet] = None
         self._disconnected = False
         self._referenced = True
-        self._spawn(args, env, cwd, stdio, codec, max_size, max_queued)
+        self._spawn(args, env, cwd, stdio, codec, max_size, max_queued, forkserver)
         if timeout is not None and self._popen is not None:
             self._timer = gevent.get_hub().loop.timer(timeout)
             self._timer.start(self.kill, kill_signal)
@@ -160,7 +168,7 @@ class ChildProcess(ChannelOwner):
         if not in_exit_listener and not self._exit_done.wait(timeout):
             # Cast: wait(None) returns only once set, so timeout is a number here.
             raise subprocess.TimeoutExpired(self.spawnargs, cast(float, timeout))
-        return self._popen.returncode
+        return cast(int, self._popen.returncode)  # set: the child exited
 
     def ref(self) -> None:
         """Let the child (and its channel) keep this process alive (the default)."""
@@ -201,13 +209,19 @@ class ChildProcess(ChannelOwner):
         codec: Codec,
         max_size: int,
         max_queued: int,
+        forkserver: bool = False,
     ) -> None:
         import _socket
 
+        self.spawnargs = args
+        if forkserver:
+            forked = self._fork_from_template(args, env, cwd, stdio)
+            if forked is not None:
+                self._started(forked, codec, max_size, max_queued)
+                return
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         env[CHANNEL_FD_ENV] = str(theirs.fileno())
         stdin, stdout, stderr = (_STDIO[entry] for entry in stdio)
-        self.spawnargs = args
         try:
             with _sigint_blocked():
                 self._popen = subprocess.Popen(
@@ -225,18 +239,33 @@ class ChildProcess(ChannelOwner):
             return
         finally:
             theirs.close()
-        self.pid = self._popen.pid
-        self.stdin, self.stdout, self.stderr = (
-            self._popen.stdin,
-            self._popen.stdout,
-            self._popen.stderr,
-        )
+        self._started(ours, codec, max_size, max_queued)
+
+    def _fork_from_template(
+        self, args: List[str], env: Dict[str, str], cwd: Optional[str], stdio: Tuple[str, ...]
+    ) -> Optional[_socket.socket]:
+        """Have the fork server's template fork the child; return our end of
+        its channel (None: spawn it instead, nothing was started)."""
+        import _socket
+
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            self._popen = _forkserver.fork_child(args, env, cwd, stdio, theirs.fileno())
+        finally:
+            theirs.close()
+        if self._popen is None:
+            ours.close()  # a fresh pair for the spawned child
+            return None
+        return ours
+
+    def _started(self, ours: _socket.socket, codec: Codec, max_size: int, max_queued: int) -> None:
+        popen = cast(Any, self._popen)
+        self.pid = popen.pid
+        self.stdin, self.stdout, self.stderr = popen.stdin, popen.stdout, popen.stderr
         submit(self.emit, "spawn")
         self.channel = Channel(ours, self, codec, max_size, max_queued=max_queued)
         # gevent's Popen.rawlink (called on exit, in the hub) is not in its stubs.
-        self._popen.rawlink(  # type: ignore[attr-defined]
-            lambda popen: submit(self._on_exit, popen.returncode)
-        )
+        popen.rawlink(lambda popen: submit(self._on_exit, popen.returncode))
 
     def _on_exit(self, returncode: int) -> None:
         self._exited = True
@@ -301,6 +330,7 @@ def fork(
     timeout: Optional[float] = None,
     max_message_size: int = _wire.MAX_FRAME_SIZE,
     max_queued: int = MAX_QUEUED,
+    start_method: str = "forkserver",
 ) -> ChildProcess:
     """Start ``module`` in a new Python process with an IPC channel to it.
 
@@ -334,6 +364,11 @@ def fork(
         max_queued: the most bytes either end queues for the other (each
             handle awaiting its acknowledgment counting 1 KiB) before
             ``send()`` raises ``ChannelBusyError`` (default 64 MiB).
+        start_method: ``"forkserver"`` (the default): the child is forked
+            from a template process that has imported gevent, patched and
+            imported geventfork already, where that applies (Linux, the
+            default ``exec_path`` and ``exec_argv``), else spawned;
+            ``"spawn"``: always a new interpreter.
 
     Returns:
         The ``ChildProcess``. A failure to start the Python interpreter is
@@ -343,10 +378,12 @@ def fork(
         FileNotFoundError: ``module`` names a file that does not exist (the
             message says which absolute path was tried); nothing was started.
         TypeError: both ``silent=True`` and ``stdio``.
-        ValueError: an unknown ``serialization``, ``stdio`` entry or
-            ``kill_signal``, or a ``max_message_size`` a frame cannot
-            announce (1 to 4 GiB - 1: its size field is a u32).
+        ValueError: an unknown ``serialization``, ``stdio`` entry,
+            ``kill_signal`` or ``start_method``, or a ``max_message_size`` a
+            frame cannot announce (1 to 4 GiB - 1: its size field is a u32).
     """
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}")
     codec = by_name(serialization)
     if not 0 < max_message_size <= _MAX_PAYLOAD:
         raise ValueError(
@@ -374,6 +411,10 @@ def fork(
         max_queued,
         timeout,
         kill_signal,
+        forkserver=start_method == "forkserver"
+        and exec_path in (None, sys.executable)
+        and not exec_argv
+        and _forkserver.available(),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 __all__ = [
     "GeventforkError",
@@ -13,6 +13,7 @@ __all__ = [
     "HandleLostError",
     "ChannelBusyError",
     "WorkerStartupError",
+    "ProxyProtocolError",
 ]
 
 
@@ -95,3 +96,18 @@ class WorkerStartupError(GeventforkError):
         self.exit_code = exit_code
         self.signal_code = signal_code
         self.stderr = stderr
+
+
+class ProxyProtocolError(GeventforkError):
+    """A PROXY protocol header is malformed or incomplete: the peer's fault.
+
+    Either the proxy in front is broken, or a client reached a port that
+    expects the PROXY protocol without going through the proxy. ``data``
+    holds the header's first bytes as evidence (a whole v1 line fits).
+    """
+
+    code = "ERR_PROXY_PROTOCOL"
+
+    def __init__(self, msg: str, data: Union[bytes, bytearray, memoryview] = b"") -> None:
+        super().__init__(msg)
+        self.data = bytes(data[:108])  # a whole v1 line and one byte more

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import gevent
 from gevent import socket as gsocket
 
+from ._proxied import LOOPBACK, TIMEOUT
 from ._server import Server
 from ._stream import Socket
 
@@ -18,10 +19,22 @@ def create_server(
     *,
     pause_on_connect: bool = False,
     allow_half_open: bool = False,
+    proxy_protocol: bool = False,
+    proxy_allow: Sequence[str] = LOOPBACK,
+    proxy_timeout: float = TIMEOUT,
 ) -> Server:
-    """A new ``Server``; ``connection_listener`` is added for ``'connection'``."""
+    """A new ``Server``; ``connection_listener`` is added for ``'connection'``.
+
+    ``proxy_protocol``, ``proxy_allow`` and ``proxy_timeout``: see ``Server``
+    (connections start with a PROXY protocol header from a load balancer).
+    """
     return Server(
-        connection_listener, pause_on_connect=pause_on_connect, allow_half_open=allow_half_open
+        connection_listener,
+        pause_on_connect=pause_on_connect,
+        allow_half_open=allow_half_open,
+        proxy_protocol=proxy_protocol,
+        proxy_allow=proxy_allow,
+        proxy_timeout=proxy_timeout,
     )
 
 

@@ -250,16 +250,30 @@ def proc_stat(pid):
     return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ")"
 
 
-def children_of(pid=None):
-    """Map each child process of ``pid`` (default: us) to its state letter, by pid."""
+def children_of(pid=None, templates=False):
+    """Map each child process of ``pid`` (default: us) to its state letter, by pid.
+
+    The fork server's templates (which live as long as their parent) are left
+    out unless ``templates`` is true.
+    """
     pid = os.getpid() if pid is None else pid
     found = {}
     for name in sorted(os.listdir("/proc")):
         if name.isdigit():
             fields = proc_stat(name)
             if fields is not None and int(fields[1]) == pid:
-                found[int(name)] = fields[0]
+                if templates or not is_template(name):
+                    found[int(name)] = fields[0]
     return dict(sorted(found.items()))
+
+
+#: What a fork server's template has on its command line.
+TEMPLATE_MARK = "geventfork._template"
+
+
+def is_template(pid):
+    """Whether ``pid`` is a fork server's template process."""
+    return TEMPLATE_MARK in cmdline(pid)
 
 
 def cmdline(pid):

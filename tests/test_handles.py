@@ -357,10 +357,15 @@ def test_invalid_handles_raise_before_anything_is_queued(spawn_child):
 
 @pytest.mark.parametrize(
     "flags, peer",
-    [(_handles.TCP4, ("203.0.113.7", 51000)), (_handles.TCP6, ("2001:db8::1", 443))],
+    [
+        (_handles.TCP4, ("203.0.113.7", 51000)),
+        (_handles.TCP6, ("2001:db8::1", 443)),
+        (_handles.TCP4, ("2001:db8::2", 443)),  # an IPv6 client behind an IPv4 proxy
+        (0, ("198.51.100.1", 80)),  # a proxied client on a Unix socket
+    ],
 )
 def test_a_sockets_peer_rides_at_the_end_of_its_payload(flags, peer):
-    trailer = _handles._pack_peer(flags, peer)
+    trailer = _handles._pack_peer(peer)
     assert len(trailer) <= _handles.MAX_TRAILER
     payload, got = _handles.split_peer(
         _handles.SOCKET, flags | _handles.PEER, b'"message"' + trailer
@@ -368,13 +373,14 @@ def test_a_sockets_peer_rides_at_the_end_of_its_payload(flags, peer):
     assert (payload, got) == (b'"message"', peer)
 
 
-def test_no_trailer_for_a_socket_whose_peer_is_unknown_or_not_tcp():
-    assert _handles._pack_peer(_handles.TCP4, None) == b""
-    assert _handles._pack_peer(0, ("127.0.0.1", 80)) == b""  # a Unix socket
-    assert _handles._pack_peer(_handles.TCP4, ("::1", 80)) == b""  # wrong family
+def test_no_trailer_for_a_socket_whose_peer_is_unknown_or_not_an_ip_address():
+    assert _handles._pack_peer(None) == b""
+    assert _handles._pack_peer(("/run/app.sock", None)) == b""
+    assert _handles._pack_peer(("not an address", 80)) == b""
     assert _handles.split_peer(_handles.SOCKET, _handles.TCP4, b"x") == (b"x", None)
 
 
-def test_a_payload_too_short_for_its_peer_trailer_is_a_protocol_error():
-    with pytest.raises(ProtocolError, match="too short for its peer address"):
-        _handles.split_peer(_handles.SOCKET, _handles.TCP6 | _handles.PEER, b"12345")
+@pytest.mark.parametrize("payload", [b"", b"12345", b"abc\x07", b"x\x04"])
+def test_a_malformed_peer_trailer_is_a_protocol_error(payload):
+    with pytest.raises(ProtocolError, match="no valid peer address"):
+        _handles.split_peer(_handles.SOCKET, _handles.TCP6 | _handles.PEER, payload)

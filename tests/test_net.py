@@ -444,3 +444,19 @@ def test_listen_on_a_port_in_use_raises_and_keeps_no_callback(listen) -> None:
         server.listen(taken.address()["port"], "127.0.0.1", callback=lambda: None)
     assert server.listener_count("listening") == 0
     assert not server.listening
+
+
+def test_a_server_out_of_fds_pauses_accepting_with_one_line_and_serves_everyone(spawn_child):
+    child = spawn_child("few_fds_server.py", silent=True)
+    port = int(child.stdout.readline())
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(12)]
+    try:
+        assert [read_to_eof(client) for client in clients] == [b"hi"] * 12  # all, in the end
+    finally:
+        for client in clients:
+            client.close()
+    child.kill()
+    child.wait(TIMEOUT)
+    err = child.stderr.read().decode()
+    assert err.count("accepting paused for 0.1 s: Too many open files") == 1, err
+    assert "Traceback" not in err, err

@@ -107,6 +107,8 @@ def test_round_robin(pools):
 def test_least_busy_passes_over_a_worker_with_a_connection_waiting(pools, server):
     pool = pools("pool_worker.py", 2, strategy="least_busy")
     inbox = replies(pool)
+    # Sends prefer ready workers: with one not ready yet, the busy one would get them.
+    wait_until(lambda: sum(worker.ready for worker in pool._live) == 2, "both workers ready")
     acked = AsyncResult()
     server.once("connection", lambda conn: pool.send("stall", conn, callback=acked.set))
     with socket.create_connection(("127.0.0.1", server.address()["port"])):

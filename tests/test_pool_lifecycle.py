@@ -151,3 +151,36 @@ def test_the_librarys_own_messages_never_reach_message_listeners(no_leaked_child
     finally:
         child.kill(signal.SIGKILL)
         child.wait(TIMEOUT)
+
+
+def test_a_worker_forked_while_the_pool_closes_is_disconnected_too(pools, monkeypatch):
+    from geventfork import _pool
+
+    pool = pools(1)
+    real_fork = _pool.fork
+
+    def slow_fork(*args, **options):
+        gevent.sleep(0.3)  # close() runs meanwhile
+        return real_fork(*args, **options)
+
+    monkeypatch.setattr(_pool, "fork", slow_fork)
+    growing = gevent.spawn(pool.resize, 2)
+    gevent.sleep(0.05)
+    started = gevent.get_hub().loop.now()
+    pool.close(timeout=TIMEOUT)
+    growing.join(TIMEOUT)
+    assert gevent.get_hub().loop.now() - started < 3  # not the whole timeout
+    assert pool.workers == []
+
+
+def test_a_worker_that_disconnected_is_not_judged_by_the_heartbeat(pools):
+    pool = pools(1, ["custom"], heartbeat=0.5)  # "custom": it disconnects 0.2 s after asked
+    events = record(pool, "spawn", "exit", "timeout", "message")
+    take(events, "spawn")
+    wait_until(lambda: all(w.ready for w in pool._live), "the worker ready")
+    old = pool.workers[0]
+    old.send("linger")  # after it disconnects, it stays up 2 s more
+    pool.reload()
+    (exit_entry,) = [e for e in take(events, "exit") if e[1] is old]
+    assert exit_entry[2] == 0 and exit_entry[3] is None  # exited by itself, not SIGKILL
+    assert not [e for e in list(events.queue) if e[0] == "timeout"]

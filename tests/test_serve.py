@@ -449,6 +449,25 @@ def test_bad_input(serve, args, status, words):
     assert served.group_gone()
 
 
+def test_an_access_log_that_cannot_be_opened_is_one_line_and_no_worker(serve, tmp_path):
+    served = serve("pidapp:app", "--access-log", str(tmp_path / "missing" / "access.log"))
+    status, lines = _failed_start(served)
+    assert status == 1
+    assert len(lines) == 1 and "cannot open the access log" in lines[0], lines
+    assert served.group_gone()
+
+
+def test_workers_that_cannot_start_end_the_server_with_status_1(serve):
+    served = serve("workeronly:app", "-w", "1")
+    status = served.wait(START_TIMEOUT * 3)
+    served.reader.join(TIMEOUT)
+    assert status == 1
+    errors = [line for line in served.lines if "[ERROR]" in line]
+    assert errors and "the workers cannot start" in errors[-1], served.lines
+    assert "no database in the workers" in errors[-1]
+    assert served.group_gone()
+
+
 # -- signals --------------------------------------------------------------------
 
 
@@ -499,7 +518,9 @@ def test_sighup_under_load(serve, tmp_path):
     try:
         gevent.sleep(0.5)
         app = tmp_path / "pidapp.py"
-        app.write_text(app.read_text().replace('VERSION = "v1"', 'VERSION = "v2"'))
+        # Another size too: a .pyc written in the same second as the change, for a
+        # source of the same size, would pass for up to date.
+        app.write_text(app.read_text().replace('VERSION = "v1"', 'VERSION = "v2"  # reloaded'))
         served.kill(signal.SIGHUP)
         for _ in old:
             served.wait_for(r"worker (\d+) exited", START_TIMEOUT)

@@ -58,3 +58,11 @@ def test_access_log_file_is_appended_one_line_per_write(tmp_path):
     assert path.read_text() == "earlier\none\ntwo\n"
     assert access.open_access_log(None) is None
     assert access.open_access_log("-").fd == 2
+
+
+def test_a_request_line_too_long_is_cut():
+    line = access.wsgi_line(
+        ("127.0.0.1", 1), "GET /" + "a" * 70000 + " HTTP/1.1", "414", 0, 0.001, "default", 1
+    )
+    assert len(line) < 4300
+    assert '..." 414' in line

@@ -160,6 +160,15 @@ def test_an_idle_connection_closed_by_its_client_is_closed(pair):
     assert len(idle) == 0
 
 
+def test_a_connection_idle_past_keep_alive_is_closed_gracefully(pair):
+    conn, client = pair
+    idle = IdleConnections(lambda c, head: pytest.fail("no request came"), keep_alive=0.3)
+    idle.add(conn, "")
+    client.settimeout(TIMEOUT)
+    assert client.recv(10) == b""  # EOF after keep_alive, not a reset
+    assert len(idle) == 0
+
+
 def test_close_all_ends_idle_connections_gracefully(pair):
     conn, client = pair
     idle = IdleConnections(lambda c, head: pytest.fail("no request came"))

@@ -24,7 +24,11 @@ def main(argv: Sequence[str]) -> NoReturn:
 
     settings = config.parse(argv)
     if settings.chdir is not None:
-        os.chdir(settings.chdir)
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            sys.stderr.write(f"{config.PROG}: error: cannot change to {settings.chdir}: {exc}\n")
+            sys.exit(1)
     try:
         what = target.check(settings.target, settings.handler)
     except target.TargetError as exc:

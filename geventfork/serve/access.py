@@ -90,6 +90,11 @@ def client_label(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+#: The longest request line logged, in characters (gunicorn's ``limit_request_line``);
+#: a longer one is cut and ends with ``...``.
+MAX_REQUEST_LINE = 4094
+
+
 def wsgi_line(
     address: Any,
     request: str,
@@ -113,6 +118,8 @@ def wsgi_line(
         when: the time the request ended (default: now).
     """
     stamp = timestamp(time.time() if when is None else when)
+    if len(request) > MAX_REQUEST_LINE:  # a client's bytes: bounded, as gunicorn bounds them
+        request = request[:MAX_REQUEST_LINE] + "..."
     return (
         f'{client_host(address)} - - [{stamp}] "{_escape(request)}" {status} {length or "-"} '
         f"{seconds:.4f} pool={pool} pid={pid}"

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import signal as _signal
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import gevent
 from gevent.event import AsyncResult
 
 from .. import __version__
 from .._pool import Pool
+from ..errors import WorkerStartupError
 from ..child_process import ChildProcess
 from ..net import Socket
-from .check import check_target
+from .check import LOG_PREFIX, check_target
 from .idle import IdleConnections
 from .listeners import BindError, Listener, listen_all
 from .pidfile import PidFile, PidFileError
@@ -76,13 +77,15 @@ class Arbiter:
         self.router = Router(settings.route)
         self.listeners: List[Listener] = []
         self.pools: Dict[str, Pool] = {}
-        self.idle = IdleConnections(self._hand_off)
+        self.idle = IdleConnections(self._hand_off, settings.keep_alive)
+        self._checks: Set[Any] = set()  # a reload's check process, while it runs
         self.stopping = False
         self._booted: set[int] = set()  # the first workers' pids, logged with their pool
         self._pid_file = PidFile(settings.pid) if settings.pid else None
         self._exit: AsyncResult[int] = AsyncResult()
         self._reloading = False
         self._reload_again = False
+        self._status = 0  # the exit status once stopped
         self._pending: Optional[List[Callable[[], None]]] = []  # signals during start-up
         self._early: Optional[List[Socket]] = []  # connections accepted during start-up
 
@@ -124,6 +127,8 @@ class Arbiter:
                 self._pid_file.write()
             except PidFileError as exc:
                 raise StartupError(str(exc)) from None
+        _check_access_log(self.settings.access_log)
+        _raise_fd_limit()
         self.log.info("starting geventfork %s (pid %d)", __version__, os.getpid())
         for listener in self.listeners:
             # Accepting starts now: what comes before the pools waits for them.
@@ -252,6 +257,12 @@ class Arbiter:
 
     def _on_pool_error(self, name: str, err: BaseException) -> None:
         line = getattr(err, "summary", None) or str(err).partition("\n")[0]
+        if isinstance(err, WorkerStartupError) and not self.pools[name].started:
+            # Workers that never once got going will not: a start-up failure.
+            self.log.error("pool %s: the workers cannot start: %s", name, _last_line(err))
+            self._status = 1
+            self.stop(graceful=False)
+            return
         self.log.error("pool %s: %s: %s", name, type(err).__name__, line)
 
     # -- signals ----------------------------------------------------------
@@ -301,10 +312,12 @@ class Arbiter:
             self.log.info("stopping now")
         for listener in self.listeners:
             listener.close()
+        for check in list(self._checks):  # a reload's check: not left behind
+            check.kill()
         self.idle.close_all()
         self._stop_pools(timeout)
         self.log.info("stopped")
-        self._exit.set(0)
+        self._exit.set(self._status)
 
     def _stop_pools(self, timeout: float) -> None:
         """Close every pool at once; wait for them all."""
@@ -333,7 +346,7 @@ class Arbiter:
 
     def _reload_once(self) -> None:
         self.log.info("reloading: checking %s", self.settings.target)
-        problem = check_target(self.settings.target, self.settings.handler, self.cwd)
+        problem = check_target(self.settings.target, self.settings.handler, self.cwd, self._checks)
         if problem is not None:
             self.log.error("reload failed, the running workers go on: %s", problem)
             return
@@ -358,3 +371,34 @@ class Arbiter:
 
 def _s(count: int) -> str:
     return "" if count == 1 else "s"
+
+
+def _check_access_log(path: Optional[str]) -> None:
+    """Raise ``StartupError`` unless the access log can be opened for appending."""
+    if path is None or path == "-":
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise StartupError(f"cannot open the access log {path!r}: {exc.strerror}") from None
+
+
+def _raise_fd_limit() -> None:
+    """The parent holds an fd per connection a worker serves or the parent
+    keeps idle: let it (and the workers) have as many as allowed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass
+
+
+def _last_line(err: BaseException) -> str:
+    """The last non-empty line of a worker's stderr in ``err``, else its summary."""
+    stderr = getattr(err, "stderr", "") or ""
+    lines = [LOG_PREFIX.sub("", line).strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else getattr(err, "summary", str(err))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Optional
+from typing import Any, Optional, Set
 
 __all__ = ["check_target", "CHECK_TIMEOUT"]
 
@@ -17,16 +17,20 @@ __all__ = ["check_target", "CHECK_TIMEOUT"]
 CHECK_TIMEOUT = 60.0
 #: The time, pid and level that start a log line (``log.FORMAT``), taken off
 #: the check's line before it goes into the parent's.
-LOG_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] \[[A-Z]+\] ")
+LOG_PREFIX = re.compile(r"^(\[[^]]*\] \[\d+\] \[[A-Z]+\] |geventfork serve: error: )")
 
 
-def check_target(target: str, handler: bool, cwd: str) -> Optional[str]:
+def check_target(
+    target: str, handler: bool, cwd: str, running: Optional[Set[Any]] = None
+) -> Optional[str]:
     """Load ``target`` in a fresh process (``geventfork serve --check``).
 
     Args:
         target: TARGET, as given.
         handler: ``--handler``.
         cwd: the directory to load it from (the server's, after ``--chdir``).
+        running: holds the check's ``Popen`` while it runs, so that a server
+            that stops meanwhile can kill it.
 
     Returns:
         None if it loads, else one line saying what went wrong (the check's last).
@@ -35,20 +39,28 @@ def check_target(target: str, handler: bool, cwd: str) -> Optional[str]:
     if handler:
         argv.append("--handler")
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            timeout=CHECK_TIMEOUT,
         )
-    except subprocess.TimeoutExpired:
-        return f"loading {target} took more than {CHECK_TIMEOUT:g} s"
     except OSError as exc:
         return f"cannot run the check: {exc}"
-    if done.returncode == 0:
+    if running is not None:
+        running.add(proc)
+    try:
+        out, err = proc.communicate(timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return f"loading {target} took more than {CHECK_TIMEOUT:g} s"
+    finally:
+        if running is not None:
+            running.discard(proc)
+    if proc.returncode == 0:
         return None
-    text = (done.stderr + done.stdout).decode("utf-8", "replace")
+    text = (err + out).decode("utf-8", "replace")
     lines = [LOG_PREFIX.sub("", line).strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else f"the check exited with status {done.returncode}"
+    return lines[-1] if lines else f"the check exited with status {proc.returncode}"

@@ -34,6 +34,7 @@ CONFIG_NAMES = (
     "graceful_timeout",
     "timeout",
     "idle_return",
+    "keep_alive",
     "access_log",
     "log_level",
     "chdir",
@@ -141,7 +142,7 @@ def parse_route(value: str) -> Tuple[Route, bool]:
     return Route(network, name, int(count) if colon else 1), bool(colon)
 
 
-def _number(kind: Callable[[str], Any], least: int, what: str) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
     """A converter for a number of type ``kind`` that is at least ``least``; ``what`` to give."""
 
     def convert(value: str) -> Any:
@@ -175,6 +176,7 @@ CONVERTERS: Dict[str, Callable[[str], Any]] = {
     "graceful_timeout": _number(float, 0, "seconds >= 0"),
     "timeout": _number(float, 0, "seconds >= 0 (0: off)"),
     "idle_return": _number(float, 0, "seconds >= 0 (0: off)"),
+    "keep_alive": _number(float, 0.001, "seconds > 0"),
     "log_level": _log_level,
 }
 
@@ -201,6 +203,9 @@ OPTIONS: List[Tuple[Tuple[str, ...], Optional[str], str]] = [
     (("--idle-return",), "S",
      "hand a keep-alive connection idle in a worker for S seconds back to the parent "
      "until its next request [{idle_return}; 0 off]"),
+    (("--keep-alive",), "S",
+     "close a keep-alive connection the parent has held idle for S seconds "
+     "[{keep_alive}]"),
     (("--access-log",), "FILE",
      "one line per request (WSGI) or connection; '-' is stderr [off]"),
     (("--log-level",), "LEVEL", ", ".join(LOG_LEVELS) + " [{log_level}]"),

@@ -46,7 +46,7 @@ class Route:
 
 @dataclass
 class Settings:
-    """Every option of ``geventfork serve``, with its default (see SERVE.md)."""
+    """Every option of ``geventfork serve`` and its default (README: serving an app)."""
 
     target: str = ""
     handler: bool = False  # --handler: a plain handle(socket, address) callable
@@ -57,6 +57,7 @@ class Settings:
     graceful_timeout: float = 30.0
     timeout: float = 30.0
     idle_return: float = 2.0
+    keep_alive: float = 75.0
     access_log: Optional[str] = None
     log_level: str = "info"
     chdir: Optional[str] = None

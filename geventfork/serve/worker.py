@@ -91,8 +91,11 @@ class Worker:
         # A terminal's Ctrl-C and systemd's stop reach every process of the
         # group: the parent stops the server, so INT is left to it, and TERM
         # retires this worker gracefully, as gunicorn's workers do.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # (A handler, not SIG_IGN, which programs the app runs would inherit.)
+        signal.signal(signal.SIGINT, _ignore_signal)
         gevent.signal_handler(signal.SIGTERM, self.retire, True)
+        if not process.connected:  # the parent stopped while the app was importing
+            self.stop()
 
     # -- connections --------------------------------------------------------
 
@@ -264,6 +267,10 @@ def _head(message: Any) -> Optional[bytes]:
         return head.encode("latin-1") if isinstance(head, str) else None
     except UnicodeEncodeError:
         return None
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """SIGINT in a worker: the parent stops the server."""
 
 
 def _exit_now() -> None:

@@ -4,6 +4,7 @@ Messages: "pid": reply ``["pid", pid]``; "seen": reply ``["seen", N]``, the
 messages its 'message' listener got so far; "retire": ``_worker.retire()``,
 reply ``["retiring", pid]``, and disconnect 0.3 s later; "block": reply
 ``["blocking", pid]``, then block the whole process (no greenlet runs again).
+"linger": stay up 2 s after the channel closes.
 With the argument "custom", a retirement the pool asks for replies
 ``["asked to retire", pid]`` and disconnects 0.2 s later.
 """
@@ -31,6 +32,8 @@ def on_message(message, socket):
         _worker.retire()
         process.send(["retiring", os.getpid()])
         gevent.spawn_later(0.3, process.disconnect)
+    elif message == "linger":  # stay up 2 s after the channel closes
+        process.on("disconnect", lambda: gevent.spawn(gevent.sleep, 2))
     elif message == "block":
         process.send(["blocking", os.getpid()], callback=lambda err: _sleep(3600))
 

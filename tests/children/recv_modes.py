@@ -38,6 +38,7 @@ elif mode == "burst":
     for n in range(int(sys.argv[2])):
         process.send(n)
 elif mode == "socket-then-exit":
+    gevent.sleep(0.5)  # after the parent's recv(timeout=0.1), however fast we started
     conn = net.Socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))))
     process.send("here", conn, callback=lambda err: sys.stderr.write(f"callback: {err!r}\n"))
     gevent.sleep(0.5)
