@@ -95,7 +95,7 @@ def children_of(pid: int) -> dict:
             with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")[:-1]
+                argv = f.read().rstrip(b"\0").split(b"\0")  # a forked child pads it with NULs
         except OSError:  # exited meanwhile
             continue
         if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
@@ -118,11 +118,21 @@ class Example:
         )
         try:
             self.port = self._read_port()
-            workers = children_of(self.proc.pid)
+            workers = self._workers()
             self.pids = {"parent": self.proc.pid, **{k: workers[k] for k in ("normal", "special")}}
         except BaseException:
             self.stop()
             raise
+
+    def _workers(self) -> dict:
+        """The children by name; a child forked from the fork server's
+        template shows its own command line a moment after it exists."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            workers = children_of(self.proc.pid)
+            if {"normal", "special"} <= set(workers) or time.monotonic() > deadline:
+                return workers
+            gevent.sleep(0.05)
 
     def _read_port(self) -> int:
         with gevent.Timeout(START_TIMEOUT, RuntimeError("the example never said where it listens")):

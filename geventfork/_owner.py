@@ -71,6 +71,9 @@ class ChannelOwner(EventEmitter):
         #: The IPC channel, or None when there is none.
         self.channel: Optional[Channel] = None
         self._disconnect_called = False
+        #: Set by a subclass once nothing may be sent whatever the channel's
+        #: state (a child that exited); ``_closed_reason`` says why.
+        self._ended = False
         self._inbox: Optional[Deque[_Kept]] = None  # made by the first recv()
         self._arrived = Event()  # set when a message is kept, or the channel closed
         self._receivers = 0  # greenlets waiting in recv()
@@ -118,11 +121,15 @@ class ChannelOwner(EventEmitter):
             InvalidHandleTypeError: ``handle`` is not a kind ``send`` accepts.
             SerializationError: ``message`` cannot be serialised.
         """
-        check_send_arguments(options, callback)
-        reason = self._closed_reason()
-        if reason is not None or self.channel is None:
+        if options is not None or callback is not None:
+            check_send_arguments(options, callback)
+        channel = self.channel
+        # The checks a stream of sends pays for each message: the flag and the
+        # channel's state; the reason is looked for only when one says no.
+        if channel is None or self._ended or not channel.connected:
+            reason = self._closed_reason()
             raise ChannelClosedError(f"cannot send: {reason or 'there is no IPC channel'}")
-        return self.channel.send(message, handle, options, callback)
+        return channel.send(message, handle, options, callback)
 
     def recv(self, timeout: Optional[float] = None) -> Tuple[Any, Optional[_handles.Handle]]:
         """Wait for the next message; return ``(message, handle)`` (``handle`` may be None).

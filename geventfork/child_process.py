@@ -269,6 +269,7 @@ class ChildProcess(ChannelOwner):
 
     def _on_exit(self, returncode: int) -> None:
         self._exited = True
+        self._ended = True
         self._exit_greenlet = gevent.getcurrent()
         if self._timer is not None:
             self._timer.stop()

@@ -392,13 +392,14 @@ def test_a_child_forks_from_a_template_of_its_own(spawn_child):
 
 def test_a_template_holds_no_child_s_own_variables(spawn_child):
     _templates.drop_all()
-    child = spawn_child("echo.py", env={**os.environ, "FS_SECRET": "s3cret"})
+    env = {**os.environ, "FS_SECRET": "s3cret", "PYTHONFSTESTMARK": "start-up"}
+    child = spawn_child("echo.py", env=env)
     assert forked(child)
     template = last_template()
     with open(f"/proc/{template.pid}/environ", "rb") as f:
         environ = f.read()
     assert b"s3cret" not in environ
-    assert b"PYTHONPATH=" in environ  # start-up's own
+    assert b"PYTHONFSTESTMARK=start-up" in environ  # PYTHON*: start-up's own
 
 
 def test_a_process_made_by_os_fork_forgets_our_templates(spawn_child):
