@@ -57,21 +57,34 @@ def connect(served: Served, source: str = "127.0.0.1") -> socket.socket:
     )
 
 
+class Responses:
+    """Reads the 200 responses (with a Content-Length) that come on one connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""  # received, not yet returned: the next responses' start
+
+    def next(self) -> bytes:
+        """The next response's body."""
+        while b"\r\n\r\n" not in self.data:
+            self._recv()
+        head, _, self.data = self.data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(self.data) < length:
+            self._recv()
+        body, self.data = self.data[:length], self.data[length:]
+        return body
+
+    def _recv(self) -> None:
+        chunk = self.sock.recv(4096)
+        assert chunk, f"EOF inside a response: {self.data!r}"
+        self.data += chunk
+
+
 def read_response(sock: socket.socket) -> bytes:
-    """The body of one response with a Content-Length, read exactly."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"EOF inside the headers: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-    while len(body) < length:
-        chunk = sock.recv(4096)
-        assert chunk, f"EOF inside the body: {data!r}"
-        body += chunk
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return body
+    """The body of the one response ``sock`` gets."""
+    return Responses(sock).next()
 
 
 def answer(served: Served, header: bytes, source: str = "127.0.0.1"):
@@ -128,21 +141,24 @@ def test_a_local_header_keeps_the_balancers_address(serve, tmp_path):
     assert line.startswith("127.0.0.2 - - [") and " pool=special " in line, line
 
 
-def test_the_headers_client_stays_with_a_keep_alive_connection(serve, tmp_path):
-    """Requests after the first, and after the idle connection went back to the
-    parent and out again (``--idle-return``), are still the header's client's."""
+def test_the_headers_client_stays_with_a_connection_handed_back_and_on(serve, tmp_path):
+    """After its worker retired (``--max-requests``), a keep-alive connection goes
+    back to the parent and on to the new worker: still the header's client's."""
     log = tmp_path / "access.log"
-    served = start(serve, "--idle-return", "0.2", access_log=log)
+    served = start(serve, "--max-requests", "2", access_log=log)
     with connect(served) as sock:
         sock.sendall(encode_v2(("198.51.100.9", 4444), SERVER) + REQUEST + REQUEST)
-        first = [read_response(sock).decode() for _ in range(2)]
-        gevent.sleep(0.8)  # idle for longer than --idle-return: back in the parent
+        responses = Responses(sock)
+        first = [responses.next().decode() for _ in range(2)]
+        replacement = int(served.wait_for(r"pool special: worker (\d+) started").group(1))
         sock.sendall(REQUEST)
-        last = read_response(sock).decode()
-    special = str(served.pids["special"][0])
-    assert first + [last] == [f"{special} 198.51.100.9 4444"] * 3
+        last = responses.next().decode()
+    retired = served.pids["special"][0]
+    assert first == [f"{retired} 198.51.100.9 4444"] * 2
+    assert last == f"{replacement} 198.51.100.9 4444"
     lines = access_lines(log, 3)
     assert len(lines) == 3 and all(line.startswith("198.51.100.9 - - [") for line in lines), lines
+    assert f" pool=special pid={replacement}" in lines[-1]
 
 
 def test_a_unix_bind_reads_the_header_too(serve, tmp_path):
