@@ -24,7 +24,8 @@ from ..child_process import ChildProcess
 from ..net import Socket
 from .check import LOG_PREFIX, check_target
 from .idle import IdleConnections
-from .listeners import BindError, Listener, listen_all
+from .listeners import BindError, Listener, Proxy, listen_all
+from .log import configure as configure_log
 from .pidfile import PidFile, PidFileError
 from .routing import Router, pool_sizes
 from .settings import DEFAULT_POOL, Settings, WorkerSettings
@@ -53,6 +54,9 @@ def run(settings: Settings, log: logging.Logger) -> int:
         The exit status: 0 after a stop by signal, 1 when the server could not
         start (one line logged; no worker left running).
     """
+    # The library's own lines (a PROXY header refused, a hand-off that failed)
+    # in the server's format and at its level, not Python's bare last resort.
+    configure_log(settings.log_level, "geventfork")
     if settings.chdir:
         try:
             os.chdir(settings.chdir)
@@ -119,7 +123,7 @@ class Arbiter:
     def _start(self) -> None:
         """Bind first, so that a bind that fails leaves no worker behind."""
         try:
-            self.listeners = listen_all(self.settings.bind)
+            self.listeners = listen_all(self.settings.bind, self._proxy())
         except BindError as exc:
             raise StartupError(str(exc)) from None
         if self._pid_file is not None:
@@ -135,6 +139,11 @@ class Arbiter:
             listener.server.on("connection", self._on_connection)
             listener.server.on("error", self._on_server_error)
             self.log.info("listening on %s", listener.url)
+        if self.settings.proxy_protocol:
+            self.log.info(
+                "PROXY protocol: headers believed from %s",
+                ", ".join(map(str, self.settings.proxy_allow)),
+            )
         for name, size in pool_sizes(self.settings.workers, self.settings.route):
             self.pools[name] = self._new_pool(name, size)
             pids = ", ".join(str(child.pid) for child in self.pools[name].workers)
@@ -143,6 +152,13 @@ class Arbiter:
         early, self._early = self._early or [], None
         for conn in early:
             self._hand_off(conn, "")
+
+    def _proxy(self) -> Optional[Proxy]:
+        """What the listeners need of ``--proxy-protocol``, or None without it."""
+        settings = self.settings
+        if not settings.proxy_protocol:
+            return None
+        return Proxy(tuple(map(str, settings.proxy_allow)), settings.proxy_timeout)
 
     def _new_pool(self, name: str, size: int) -> Pool:
         settings = self.settings

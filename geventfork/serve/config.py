@@ -19,7 +19,7 @@ import re
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .settings import DEFAULT_POOL, Bind, Route, Settings
+from .settings import DEFAULT_POOL, Bind, Network, Route, Settings
 
 __all__ = ["parse", "parse_arguments", "build_parser", "CONFIG_NAMES", "LOG_LEVELS"]
 
@@ -40,6 +40,9 @@ CONFIG_NAMES = (
     "chdir",
     "pid",
     "handler",
+    "proxy_protocol",
+    "proxy_allow",
+    "proxy_timeout",
 )
 #: A pool's name appears in log lines (``pool=NAME``): no spaces or '='.
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -142,6 +145,22 @@ def parse_route(value: str) -> Tuple[Route, bool]:
     return Route(network, name, int(count) if colon else 1), bool(colon)
 
 
+def parse_proxy_allow(value: str) -> List[Network]:
+    """``CIDR[,CIDR...]``: the networks whose PROXY protocol headers are believed.
+
+    Raises:
+        argparse.ArgumentTypeError: an item that is not an address or network.
+    """
+    networks = []
+    for item in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            what = "not" if item == value else f"{item.strip()!r} is not"
+            raise _bad(value, f"{what} an address or network (CIDR), e.g. 10.0.0.0/8,::1") from None
+    return networks
+
+
 def _number(kind: Callable[[str], Any], least: float, what: str) -> Callable[[str], Any]:
     """A converter for a number of type ``kind`` that is at least ``least``; ``what`` to give."""
 
@@ -177,6 +196,8 @@ CONVERTERS: Dict[str, Callable[[str], Any]] = {
     "timeout": _number(float, 0, "seconds >= 0 (0: off)"),
     "idle_return": _number(float, 0, "seconds >= 0 (0: off)"),
     "keep_alive": _number(float, 0.001, "seconds > 0"),
+    "proxy_allow": parse_proxy_allow,
+    "proxy_timeout": _number(float, 0.001, "seconds > 0"),
     "log_level": _log_level,
 }
 
@@ -215,9 +236,20 @@ OPTIONS: List[Tuple[Tuple[str, ...], Optional[str], str]] = [
      "a Python file setting the long options ('-' as '_'): bind = [...], workers = 4, "
      "route = [...]; the command line wins [none]"),
     (("--check",), None, "load TARGET, then exit: 0 if it loads, else 1 with the error [off]"),
+    (("--proxy-protocol",), None,
+     "behind a load balancer: every connection starts with a PROXY protocol header (v1 or "
+     "v2, HAProxy's send-proxy, send-proxy-v2) naming the client, whose address then picks "
+     "the pool and goes in the access log [off]"),
+    (("--proxy-allow",), "CIDR[,CIDR...]",
+     "believe PROXY headers from these networks only; a connection from elsewhere is "
+     "closed; repeatable [{proxy_allow}]"),
+    (("--proxy-timeout",), "S",
+     "seconds a connection has to send its whole PROXY header [{proxy_timeout}]"),
 ]  # fmt: skip
 #: Options given more than once add up (the others: the last one counts).
-REPEATABLE = ("bind", "route")
+REPEATABLE = ("bind", "route", "proxy_allow")
+#: Options that mean something only with ``--proxy-protocol``.
+_PROXY_OPTIONS = ("proxy_allow", "proxy_timeout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +288,7 @@ def _defaults() -> Dict[str, str]:
     shown = {name: f"{value:g}" if isinstance(value, float) else str(value)
              for name, value in vars(d).items()}  # fmt: skip
     shown["bind"] = ", ".join(map(str, d.bind))
+    shown["proxy_allow"] = ", ".join(map(str, d.proxy_allow))
     return shown
 
 
@@ -287,12 +320,25 @@ def parse(argv: Sequence[str]) -> Settings:
     if "config" in given:
         values.update(_load_config(parser, given["config"]))
     values.update(given)
+    _check_proxy_options(parser, values)
     routes = values.pop("route", [])
     settings = Settings(**values)
     settings.route = _pool_sizes(parser, routes)
     if settings.chdir is not None:
         settings.chdir = _directory(parser, settings.chdir)
     return settings
+
+
+def _check_proxy_options(parser: argparse.ArgumentParser, values: Dict[str, Any]) -> None:
+    """Flatten ``proxy_allow`` (each value is a list); refuse the PROXY
+    options without ``--proxy-protocol``, where they would do nothing."""
+    if "proxy_allow" in values:
+        values["proxy_allow"] = [net for nets in values["proxy_allow"] for net in nets]
+    given = [name for name in _PROXY_OPTIONS if name in values]
+    if given and not values.get("proxy_protocol"):
+        flags = " and ".join("--" + name.replace("_", "-") for name in given)
+        needs = "needs" if len(given) == 1 else "need"
+        parser.error(f"{flags} {needs} --proxy-protocol: add it, or leave {flags} out")
 
 
 def _pool_sizes(parser: argparse.ArgumentParser, routes: List[Tuple[Route, bool]]) -> List[Route]:
@@ -378,11 +424,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _config_value(parser: argparse.ArgumentParser, path: str, name: str, value: Any) -> Any:
     """Check and convert one config-file setting; a usage error naming it if bad."""
-    if name == "handler":
+    if name in ("handler", "proxy_protocol"):
         if not isinstance(value, bool):
-            parser.error(f"{path}: handler = {value!r}: give True or False")
+            parser.error(f"{path}: {name} = {value!r}: give True or False")
         return value
-    if name in ("bind", "route"):
+    if name in REPEATABLE:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             parser.error(f"{path}: {name} = {value!r}: give a string or a list of strings")

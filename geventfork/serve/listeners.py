@@ -1,7 +1,9 @@
 """The parent's listening sockets: one ``net.Server`` per ``--bind``.
 
 Every server is made with ``pause_on_connect``: the parent reads nothing of a
-connection, it only picks a pool and hands the socket on.
+connection, it only picks a pool and hands the socket on. Nothing but a PROXY
+protocol header, with ``--proxy-protocol``: ``net.Server`` reads exactly its
+bytes, and the socket's ``remote_address`` is then the client's.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import errno
 import os
 import socket as _stdlib_socket
 import stat
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 from gevent import socket as gsocket
 
 from .. import net
-from .settings import Bind
+from .settings import PROXY_ALLOW, PROXY_TIMEOUT, Bind
 
-__all__ = ["BindError", "Listener", "listen_all", "BACKLOG"]
+__all__ = ["BindError", "Listener", "Proxy", "listen_all", "BACKLOG"]
 
 #: The listen backlog of every bind (gunicorn's ``--backlog`` default is 2048;
 #: Node's 511, which the kernel rounds up to a power of two minus one).
@@ -27,6 +30,15 @@ BACKLOG = 2048
 class BindError(Exception):
     """A ``--bind`` could not be listened on: the user's (or another
     program's) doing. ``str()`` is the one line to show."""
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """``--proxy-allow`` and ``--proxy-timeout``: whose PROXY protocol headers
+    every bind believes, and how long it waits for one."""
+
+    allow: Sequence[str] = PROXY_ALLOW
+    timeout: float = PROXY_TIMEOUT
 
 
 class Listener:
@@ -60,8 +72,13 @@ class Listener:
         self._inode = None
 
 
-def listen_all(binds: List[Bind]) -> List[Listener]:
+def listen_all(binds: List[Bind], proxy: Optional[Proxy] = None) -> List[Listener]:
     """Listen on every bind, or on none.
+
+    Args:
+        binds: where to listen.
+        proxy: connections start with a PROXY protocol header, believed from
+            ``proxy.allow``; None: they do not.
 
     Raises:
         BindError: one of them failed (those already listening are closed).
@@ -69,7 +86,7 @@ def listen_all(binds: List[Bind]) -> List[Listener]:
     listeners: List[Listener] = []
     try:
         for bind in binds:
-            listeners.append(_listen(bind))
+            listeners.append(_listen(bind, proxy))
     except BaseException:
         for listener in listeners:
             listener.close()
@@ -77,30 +94,36 @@ def listen_all(binds: List[Bind]) -> List[Listener]:
     return listeners
 
 
-def _listen(bind: Bind) -> Listener:
+def _listen(bind: Bind, proxy: Optional[Proxy]) -> Listener:
     try:
+        server = _server(proxy)
         if bind.path is not None:
-            return _listen_unix(bind, bind.path)
-        server = net.create_server(pause_on_connect=True)
+            return _listen_unix(bind, bind.path, server)
         server.listen(bind.port, bind.host or "0.0.0.0", BACKLOG)
         return Listener(bind, server)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a bad proxy.allow
         raise BindError(f"cannot listen on {bind}: {_reason(exc)}") from None
 
 
-def _listen_unix(bind: Bind, path: str) -> Listener:
+def _server(proxy: Optional[Proxy]) -> net.Server:
+    if proxy is None:
+        return net.create_server(pause_on_connect=True)
+    return net.create_server(
+        pause_on_connect=True,
+        proxy_protocol=True,
+        proxy_allow=proxy.allow,
+        proxy_timeout=proxy.timeout,
+    )
+
+
+def _listen_unix(bind: Bind, path: str, server: net.Server) -> Listener:
     _remove_stale(path)
-    sock = gsocket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    server.listen(backlog=BACKLOG, path=path)
     try:
-        sock.bind(path)
-        sock.listen(BACKLOG)
         inode = os.lstat(path).st_ino
-    except BaseException:
-        sock.close()
+    except OSError:
+        server.close()
         raise
-    # A listening socket of our own made into a net.Server, as one received
-    # from another process is: net.Server.listen() binds TCP only.
-    server = net.Server.from_handoff(sock, pause_on_connect=True, allow_half_open=False)
     return Listener(bind, server, inode)
 
 
@@ -132,7 +155,7 @@ def _remove_stale(path: str) -> None:
     raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: Exception) -> str:
     """The cause in a few words: ``address already in use``."""
-    text = exc.strerror or str(exc) or type(exc).__name__
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]

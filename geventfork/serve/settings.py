@@ -10,12 +10,25 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
-__all__ = ["Bind", "Route", "Settings", "WorkerSettings", "DEFAULT_POOL"]
+__all__ = [
+    "Bind",
+    "Route",
+    "Settings",
+    "WorkerSettings",
+    "DEFAULT_POOL",
+    "PROXY_ALLOW",
+    "PROXY_TIMEOUT",
+]
 
 #: The pool that takes every client no ``--route`` matches.
 DEFAULT_POOL = "default"
+#: Whose PROXY protocol headers ``--proxy-protocol`` believes by default: this
+#: machine's (``net.create_server``'s default too).
+PROXY_ALLOW: Tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+#: Seconds a connection has to send its whole PROXY header by default.
+PROXY_TIMEOUT = 5.0
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -64,6 +77,12 @@ class Settings:
     pid: Optional[str] = None
     config: Optional[str] = None
     check: bool = False
+    # Behind a load balancer: connections start with a PROXY protocol header.
+    proxy_protocol: bool = False
+    proxy_allow: List[Network] = field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in PROXY_ALLOW]
+    )
+    proxy_timeout: float = PROXY_TIMEOUT
 
 
 @dataclass
