@@ -193,8 +193,15 @@ def _recv_exactly(sock: _socket.socket, size: int) -> bytes:
 
 
 def available() -> bool:
-    """Whether children can be forked from a template here (Linux, a known ``clone``)."""
-    return sys.platform.startswith("linux") and platform.machine() in CLONE_SYSCALL
+    """Whether children can be forked from a template here: Linux, a known
+    ``clone``, and Python 3.10 or newer (on 3.9, whose newest gevent is
+    25.9.1, a forked child's event loop fails: ``epoll_wait: Bad file
+    descriptor``; children are spawned there)."""
+    return (
+        sys.version_info >= (3, 10)
+        and sys.platform.startswith("linux")
+        and platform.machine() in CLONE_SYSCALL
+    )
 
 
 class Adopted:

@@ -533,3 +533,15 @@ def test_max_queued_bounds_what_a_child_that_reads_nothing_costs(spawn_child):
 def test_max_queued_must_be_positive(bad):
     with pytest.raises(ValueError, match="max_queued"):
         geventfork.fork(os.path.join(CHILDREN_DIR, "sleeper.py"), max_queued=bad)
+
+
+def test_where_there_is_no_fork_server_children_are_spawned(spawn_child):
+    # Python 3.9 (and anything but Linux): every child is spawned, as before.
+    from geventfork import _forkserver
+
+    child = spawn_child("echo.py")
+    replies = inbox(child)
+    child.send("ping")
+    assert take(replies) == ["ping"]
+    spawned = not isinstance(child._popen, _forkserver.Adopted)
+    assert spawned == (not _forkserver.available())

@@ -35,7 +35,9 @@ import geventfork
 from geventfork import _forkserver, _templates
 from geventfork._forkserver import MAX_REPLY, encode_frame, recv_frame, send_frame
 
-pytestmark = pytest.mark.skipif(not _forkserver.available(), reason="no fork server here")
+pytestmark = pytest.mark.skipif(
+    not _forkserver.available(), reason="no fork server here (Python 3.9, or not Linux)"
+)
 
 #: Fields of fs_report.py that differ between any two children.
 PER_CHILD = ("pid", "random", "fileno", "fds")
