@@ -61,6 +61,11 @@ _HAND_BACK = "hand back"
 #: The input buffer's size: pywsgi's own (``makefile('rb', -1)``).
 BUFFER_SIZE = io.DEFAULT_BUFFER_SIZE
 
+#: A response's head goes out in one send with its body's first write up to
+#: this size (pywsgi sends them apart: with ``TCP_NODELAY`` two segments, and
+#: two wake-ups of the client, for every small response).
+COALESCE_LIMIT = 64 * 1024
+
 log = logging.getLogger("geventfork.serve")
 
 
@@ -149,6 +154,10 @@ class Handler(WSGIHandler):
 
     #: Body bytes of the current response (the access log's length).
     body_length = 0
+    #: The response's status line and headers, held back by ``_sendall`` to
+    #: go out with the body's first bytes.
+    _head: Optional[bytearray] = None
+    _holding = False
 
     def __init__(
         self, sock: Any, address: Any, server: WSGIServer, rfile: Any, connection: Connection
@@ -170,6 +179,8 @@ class Handler(WSGIHandler):
         # pywsgi leaves these from the previous request until start_response.
         self.code = None
         self.body_length = 0
+        self._head = None
+        self._holding = False
         super().handle_one_response()
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -184,6 +195,47 @@ class Handler(WSGIHandler):
             if all(name.lower() != b"connection" for name, _value in headers_sent):
                 headers_sent.append((b"Connection", b"close"))
         return write
+
+    def _write_with_headers(self, data: bytes) -> None:
+        # pywsgi's (gevent 24.2 to 26) sends the head, then calls _write(data):
+        # _sendall holds the head back to send both at once.
+        self._holding = True
+        try:
+            super()._write_with_headers(data)  # type: ignore[misc]
+        finally:
+            self._holding = False
+            head, self._head = self._head, None
+        if head is not None:  # no body bytes came (an empty body)
+            self._sendall(head)
+
+    def _sendall(self, data: Any) -> None:
+        """pywsgi's: the head is held here, and sent with the body's first bytes."""
+        if self._holding and self._head is None:
+            self._head = data  # pywsgi's bytearray, ours from here on
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) > COALESCE_LIMIT:
+                self._send(head)
+            else:
+                head += data
+                data = head
+        self._send(data)
+
+    def _send(self, data: Any) -> None:
+        """pywsgi's ``_sendall``, but ``send`` first: gevent's ``sendall`` asks
+        the kernel for ``SO_SNDBUF`` on every call."""
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            self.status = f"socket error: {exc}"
+            if self.code is not None and self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def _write(self, data: bytes, *args: Any) -> None:
         # pywsgi's (gevent 24.2 to 26): every body byte passes here, headers do not.
