@@ -439,6 +439,10 @@ class Socket(EventEmitter):
                 watcher.stop()
                 watcher.close()
             self._lingering = None
+            if not isinstance(self._sock, gsocket.socket):  # a gevent one does it on close
+                fd = self._sock.fileno()
+                if fd >= 0:
+                    _platform.forget_fd(fd)  # it may be shared: see there
 
     # -- closing ----------------------------------------------------------
 
