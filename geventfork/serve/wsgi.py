@@ -25,14 +25,17 @@ ends gracefully (FIN at once, never a reset).
 
 from __future__ import annotations
 
+import email.parser
+import http.client
 import io
 import logging
+import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import gevent
 from gevent.hub import Waiter
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
 
 from .handlers import end_gracefully, peer_address
 
@@ -67,6 +70,45 @@ BUFFER_SIZE = io.DEFAULT_BUFFER_SIZE
 COALESCE_LIMIT = 64 * 1024
 
 log = logging.getLogger("geventfork.serve")
+
+#: A header line the email parser would take as one whole field: a name of
+#: the characters its ``headerRE`` allows (none empty), a colon, a value with
+#: no line break inside.
+_FIELD = re.compile(r"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r?\n)?\Z")
+
+
+#: http.client's header reader (3.9 to 3.13; private): its line and count limits.
+_read_headers: Optional[Callable[[Any], List[bytes]]] = getattr(http.client, "_read_headers", None)
+
+
+def parse_headers(rfile: Any, *args: Any) -> OldMessage:
+    """pywsgi's ``headers_factory``, the same message, without the email
+    parser when every line is a plain ``Name: value``.
+
+    The email parser takes more time than the rest of a small request's
+    parsing; a line it could read otherwise (a continuation, a bare CR, no
+    colon ...) sends the whole block to it, as pywsgi does.
+    """
+    try:
+        if _read_headers is None:  # a Python whose http.client differs
+            message: OldMessage = http.client.parse_headers(rfile, _class=OldMessage)
+            return message
+        lines = _read_headers(rfile)
+    except http.client.LineTooLong:
+        message = OldMessage()
+        message.status = "Line too long"
+        return message
+    fields = [line.decode("iso-8859-1") for line in lines[:-1]]  # the last ends them
+    if not all(map(_FIELD.match, fields)):
+        text = b"".join(lines).decode("iso-8859-1")
+        message = email.parser.Parser(_class=OldMessage).parsestr(text)
+        return message
+    message = OldMessage()
+    for line in fields:
+        name, _, value = line.partition(":")
+        # As the email parser (compat32's header_source_parse) stores it.
+        message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    return message
 
 
 class Host(Protocol):
@@ -169,6 +211,9 @@ class Handler(WSGIHandler):
         self.server = server
         self.rfile = rfile
         self.connection = connection
+
+    def MessageClass(self, *args: Any) -> OldMessage:  # noqa: N802  # pywsgi's name
+        return parse_headers(*args)
 
     def get_environ(self) -> Dict[str, Any]:
         environ: Dict[str, Any] = super().get_environ()
