@@ -1,13 +1,16 @@
 """``geventfork.serve.wsgi.Handler``'s writes: a response's head goes out with
-its body's first bytes in one ``send`` (pywsgi sends them apart), and every
-kind of body still arrives whole.
+its body's first bytes in one ``send`` (pywsgi sends them apart), every
+kind of body still arrives whole, and the ``Date`` header (cached a second)
+says now.
 
 Real TCP connections, served in-process by ``wsgi.Connection``; the
 handler's gevent socket is wrapped to count the sends it is asked for.
 """
 
+import email.utils
 import http.client
 import logging
+import time
 
 import gevent
 import pytest
@@ -21,7 +24,8 @@ LARGE = wsgi.COALESCE_LIMIT + 1
 
 def app(environ, start_response):
     """``/size?N``: N bytes with a Content-Length; ``/chunks``: three pieces,
-    no length (chunked); ``/write``: through ``write()``; ``/empty``: no body."""
+    no length (chunked); ``/write``: through ``write()``; ``/dated``: a
+    ``Date`` of its own; anything else: 204, no body."""
     path, query = environ["PATH_INFO"], environ["QUERY_STRING"]
     if path == "/size":
         body = b"x" * int(query)
@@ -30,6 +34,11 @@ def app(environ, start_response):
     if path == "/chunks":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter([b"one ", b"two ", b"three"])
+    if path == "/dated":
+        start_response(
+            "200 OK", [("Content-Length", "0"), ("Date", "Thu, 01 Jan 1970 00:00:00 GMT")]
+        )
+        return [b""]
     if path == "/write":
         write = start_response("200 OK", [("Content-Length", "10")])
         write(b"01234")
@@ -101,11 +110,13 @@ def served():
     gevent.joinall(greenlets, timeout=TIMEOUT)
 
 
-def get(port, path):
+def get(port, path, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
+        if headers is not None:
+            headers.extend(response.getheaders())
         return response.status, response.read()
     finally:
         conn.close()
@@ -159,3 +170,23 @@ def test_keep_alive_responses_each_in_one_send(served):
         conn.close()
     assert len(sends) == 3
     assert host.lengths == [1, 10, 1000]
+
+
+def test_date_header_is_now(served):
+    port, _host, _sends = served
+    headers = []
+    before = time.time()
+    assert get(port, "/size?1", headers) == (200, b"x")
+    dates = [value for name, value in headers if name.lower() == "date"]
+    assert len(dates) == 1
+    date = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+    assert int(before) <= date <= time.time()
+    assert dates[0].endswith(" GMT")
+
+
+def test_date_header_of_the_application_is_kept(served):
+    port, _host, _sends = served
+    headers = []
+    assert get(port, "/dated", headers) == (200, b"")
+    dates = [value for name, value in headers if name.lower() == "date"]
+    assert dates == ["Thu, 01 Jan 1970 00:00:00 GMT"]

@@ -26,6 +26,7 @@ ends gracefully (FIN at once, never a reset).
 from __future__ import annotations
 
 import email.parser
+import email.utils
 import http.client
 import io
 import logging
@@ -109,6 +110,22 @@ def parse_headers(rfile: Any, *args: Any) -> OldMessage:
         # As the email parser (compat32's header_source_parse) stores it.
         message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
     return message
+
+
+class _Date:
+    """The ``Date`` header's value, formatted once a second (pywsgi formats
+    it for every response)."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.value = email.utils.formatdate(second, usegmt=True).encode("latin-1")
+        return cls.value
 
 
 class Host(Protocol):
@@ -227,6 +244,14 @@ class Handler(WSGIHandler):
         self._head = None
         self._holding = False
         super().handle_one_response()
+
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:
+            # pywsgi's, from the cache: it would format it for this response.
+            headers: List[Tuple[bytes, bytes]] = self.response_headers  # type: ignore[assignment]
+            headers.append((b"Date", _Date.now()))
+            self.provided_date = "cached"
+        super().finalize_headers()
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """pywsgi's, plus ``Connection: close`` when the client asked for it,
