@@ -390,6 +390,10 @@ class Connection:
             else:
                 end_gracefully(self.net_socket)
                 self.host.closed(self.net_socket)
+            # The handler and this connection refer to each other: without
+            # this, what they hold (request, buffers, socket) would wait for
+            # the garbage collector, a few dozen objects per connection.
+            self.handler.connection = None  # type: ignore[assignment]
 
     def _serve(self) -> str:
         handler = self.handler
