@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 import gevent
 from gevent import socket as gsocket
 
+from . import _platform
+
 __all__ = [
     "Accepted",
     "ConnectionSocket",
@@ -152,6 +154,9 @@ class _Fd(_PlainSocket):
     lifetime: Optional[Lifetime]
 
     def close(self) -> None:
+        fd = self.fileno()
+        if fd >= 0:
+            _platform.forget_fd(fd)  # the connection may be shared: see there
         super().close()
         _finish(self)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
 import struct
+import sys
 import termios
 from array import array
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
+
+from gevent._hub_local import get_hub_if_exists
 
 from ._wire import MAX_FDS
 
@@ -19,6 +23,7 @@ __all__ = [
     "set_cloexec",
     "tcp_progress",
     "running",
+    "forget_fd",
 ]
 
 #: Received fds are close-on-exec atomically where the kernel can do it
@@ -94,6 +99,45 @@ def tcp_progress(sock: socket.socket) -> Optional[Tuple[bool, int, int]]:
     acked, received = _BYTES.unpack_from(info, _BYTES_OFFSET)
     fin = 1 if state == _CLOSE_WAIT else 0  # the peer's FIN counts as a byte received
     return (state not in (_ESTABLISHED, _CLOSE_WAIT), received - fin - unread, acked + unacked)
+
+
+def _epoll_ctl() -> Optional[Any]:
+    """libc's ``epoll_ctl`` (Linux), else None. (Not ``select.epoll``:
+    gevent's patching removes it.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None).epoll_ctl
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
+
+
+_EPOLL_CTL = _epoll_ctl()
+_EPOLL_CTL_DEL = 2  # Linux's
+
+
+def forget_fd(fd: int) -> None:
+    """Take ``fd`` out of this thread's event loop's epoll set; call it just
+    before closing ``fd``. Never raises.
+
+    epoll watches an open file, not an fd: when another process holds the
+    same connection (a ``Pool`` keeps its copy until the worker is done),
+    closing the fd here leaves the file in our epoll set. libev stops
+    watching an fd without telling the kernel, so a connection that turns
+    readable after its last watcher stopped (the client's FIN) is reported
+    for an fd that is gone; libev then rebuilds its whole epoll set (a new
+    epoll fd, every watched fd added again): once per connection served.
+    """
+    if _EPOLL_CTL is None:
+        return
+    hub = get_hub_if_exists()
+    if hub is None or getattr(hub.loop, "backend", None) != "epoll":
+        return
+    # ENOENT (never watched here) and the like: nothing to forget.
+    _EPOLL_CTL(hub.loop.fileno(), _EPOLL_CTL_DEL, fd, None)
 
 
 def running(pid: int) -> bool:

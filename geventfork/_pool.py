@@ -184,7 +184,7 @@ def _tracked_baseline(
     """
     if not isinstance(handle, Socket) or (options and options.get("keep_open")):
         return None
-    progress = handle.tcp_progress()
+    progress = handle.tcp_baseline()
     if progress is None or progress[0]:
         return None
     return progress

@@ -44,6 +44,9 @@ log = logging.getLogger("geventfork.net")
 #: default ``highWaterMark`` for streams is 16 KiB).
 HIGH_WATER_MARK = 16 * 1024
 
+#: Whether ``tcp_progress()`` gave figures in this process (see ``tcp_baseline``).
+_tcp_progress_seen = False
+
 #: A completion callback: ``callback(None)`` or ``callback(err)``.
 WriteCallback = Callable[[Optional[BaseException]], object]
 
@@ -439,6 +442,10 @@ class Socket(EventEmitter):
                 watcher.stop()
                 watcher.close()
             self._lingering = None
+            if not isinstance(self._sock, gsocket.socket):  # a gevent one does it on close
+                fd = self._sock.fileno()
+                if fd >= 0:
+                    _platform.forget_fd(fd)  # it may be shared: see there
 
     # -- closing ----------------------------------------------------------
 
@@ -561,6 +568,24 @@ class Socket(EventEmitter):
         None where the kernel does not say (see ``_platform.tcp_progress``).
         """
         return _platform.tcp_progress(self._raw_socket)
+
+    def tcp_baseline(self) -> Optional[Tuple[bool, int, int]]:
+        """``tcp_progress()`` as ``Pool`` takes it before a first send.
+
+        A TCP connection as ``accept`` gave it, never made into a socket
+        object here, has had nothing read or written by anyone: that is
+        ``(False, 0, 0)``, the kernel's own figures for it (a FIN or bytes
+        arrived unread change none), known without the four system calls,
+        once this kernel was seen to give them at all.
+        """
+        global _tcp_progress_seen
+        sock = self._sock
+        if _tcp_progress_seen and isinstance(sock, Accepted) and sock.family in FAMILIES:
+            return (False, 0, 0)
+        progress = self.tcp_progress()
+        if progress is not None:
+            _tcp_progress_seen = True
+        return progress
 
     # -- sending to another process ----------------------------------------
 

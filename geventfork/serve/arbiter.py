@@ -9,6 +9,7 @@ quickly, HUP reloads, TTIN/TTOU add or remove a worker of the default pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal as _signal
@@ -114,6 +115,10 @@ class Arbiter:
                 self._stop_pools(0)
                 return 1
             self._run_pending()
+            # As each worker does (worker._freeze_heap): the objects start-up
+            # made are never walked by a full collection again.
+            gc.collect()
+            gc.freeze()
             return self._exit.get() or 0
         finally:
             for handler in handlers:

@@ -25,14 +25,18 @@ ends gracefully (FIN at once, never a reset).
 
 from __future__ import annotations
 
+import email.parser
+import email.utils
+import http.client
 import io
 import logging
+import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import gevent
 from gevent.hub import Waiter
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
 
 from .handlers import end_gracefully, peer_address
 
@@ -61,7 +65,67 @@ _HAND_BACK = "hand back"
 #: The input buffer's size: pywsgi's own (``makefile('rb', -1)``).
 BUFFER_SIZE = io.DEFAULT_BUFFER_SIZE
 
+#: A response's head goes out in one send with its body's first write up to
+#: this size (pywsgi sends them apart: with ``TCP_NODELAY`` two segments, and
+#: two wake-ups of the client, for every small response).
+COALESCE_LIMIT = 64 * 1024
+
 log = logging.getLogger("geventfork.serve")
+
+#: A header line the email parser would take as one whole field: a name of
+#: the characters its ``headerRE`` allows (none empty), a colon, a value with
+#: no line break inside.
+_FIELD = re.compile(r"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r?\n)?\Z")
+
+
+#: http.client's header reader (3.9 to 3.13; private): its line and count limits.
+_read_headers: Optional[Callable[[Any], List[bytes]]] = getattr(http.client, "_read_headers", None)
+
+
+def parse_headers(rfile: Any, *args: Any) -> OldMessage:
+    """pywsgi's ``headers_factory``, the same message, without the email
+    parser when every line is a plain ``Name: value``.
+
+    The email parser takes more time than the rest of a small request's
+    parsing; a line it could read otherwise (a continuation, a bare CR, no
+    colon ...) sends the whole block to it, as pywsgi does.
+    """
+    try:
+        if _read_headers is None:  # a Python whose http.client differs
+            message: OldMessage = http.client.parse_headers(rfile, _class=OldMessage)
+            return message
+        lines = _read_headers(rfile)
+    except http.client.LineTooLong:
+        message = OldMessage()
+        message.status = "Line too long"
+        return message
+    fields = [line.decode("iso-8859-1") for line in lines[:-1]]  # the last ends them
+    if not all(map(_FIELD.match, fields)):
+        text = b"".join(lines).decode("iso-8859-1")
+        message = email.parser.Parser(_class=OldMessage).parsestr(text)
+        return message
+    message = OldMessage()
+    for line in fields:
+        name, _, value = line.partition(":")
+        # As the email parser (compat32's header_source_parse) stores it.
+        message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    return message
+
+
+class _Date:
+    """The ``Date`` header's value, formatted once a second (pywsgi formats
+    it for every response)."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.value = email.utils.formatdate(second, usegmt=True).encode("latin-1")
+        return cls.value
 
 
 class Host(Protocol):
@@ -149,6 +213,10 @@ class Handler(WSGIHandler):
 
     #: Body bytes of the current response (the access log's length).
     body_length = 0
+    #: The response's status line and headers, held back by ``_sendall`` to
+    #: go out with the body's first bytes.
+    _head: Optional[bytearray] = None
+    _holding = False
 
     def __init__(
         self, sock: Any, address: Any, server: WSGIServer, rfile: Any, connection: Connection
@@ -161,6 +229,9 @@ class Handler(WSGIHandler):
         self.rfile = rfile
         self.connection = connection
 
+    def MessageClass(self, *args: Any) -> OldMessage:  # noqa: N802  # pywsgi's name
+        return parse_headers(*args)
+
     def get_environ(self) -> Dict[str, Any]:
         environ: Dict[str, Any] = super().get_environ()
         environ.update(self.connection.server_vars)
@@ -170,7 +241,17 @@ class Handler(WSGIHandler):
         # pywsgi leaves these from the previous request until start_response.
         self.code = None
         self.body_length = 0
+        self._head = None
+        self._holding = False
         super().handle_one_response()
+
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:
+            # pywsgi's, from the cache: it would format it for this response.
+            headers: List[Tuple[bytes, bytes]] = self.response_headers  # type: ignore[assignment]
+            headers.append((b"Date", _Date.now()))
+            self.provided_date = "cached"
+        super().finalize_headers()
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """pywsgi's, plus ``Connection: close`` when the client asked for it,
@@ -184,6 +265,47 @@ class Handler(WSGIHandler):
             if all(name.lower() != b"connection" for name, _value in headers_sent):
                 headers_sent.append((b"Connection", b"close"))
         return write
+
+    def _write_with_headers(self, data: bytes) -> None:
+        # pywsgi's (gevent 24.2 to 26) sends the head, then calls _write(data):
+        # _sendall holds the head back to send both at once.
+        self._holding = True
+        try:
+            super()._write_with_headers(data)  # type: ignore[misc]
+        finally:
+            self._holding = False
+            head, self._head = self._head, None
+        if head is not None:  # no body bytes came (an empty body)
+            self._sendall(head)
+
+    def _sendall(self, data: Any) -> None:
+        """pywsgi's: the head is held here, and sent with the body's first bytes."""
+        if self._holding and self._head is None:
+            self._head = data  # pywsgi's bytearray, ours from here on
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) > COALESCE_LIMIT:
+                self._send(head)
+            else:
+                head += data
+                data = head
+        self._send(data)
+
+    def _send(self, data: Any) -> None:
+        """pywsgi's ``_sendall``, but ``send`` first: gevent's ``sendall`` asks
+        the kernel for ``SO_SNDBUF`` on every call."""
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as exc:
+            self.status = f"socket error: {exc}"
+            if self.code is not None and self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def _write(self, data: bytes, *args: Any) -> None:
         # pywsgi's (gevent 24.2 to 26): every body byte passes here, headers do not.
@@ -268,6 +390,10 @@ class Connection:
             else:
                 end_gracefully(self.net_socket)
                 self.host.closed(self.net_socket)
+            # The handler and this connection refer to each other: without
+            # this, what they hold (request, buffers, socket) would wait for
+            # the garbage collector, a few dozen objects per connection.
+            self.handler.connection = None  # type: ignore[assignment]
 
     def _serve(self) -> str:
         handler = self.handler
