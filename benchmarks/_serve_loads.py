@@ -152,6 +152,19 @@ def _cpu_spent(before: dict, after: dict) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+def _templates(pids: set) -> set:
+    """Those of ``pids`` that are geventfork's fork-server templates."""
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"geventfork._template" in f.read():
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
 def measure_reload(server: Server, settings: Settings, workdir: str, tag: str) -> dict:
     """Requests that fail while the server's parent gets SIGHUP ``settings.hups`` times.
 
@@ -191,8 +204,10 @@ def measure_reload(server: Server, settings: Settings, workdir: str, tag: str) -
             c.stop()
         figures = _reload_figures(results, clients)
         figures["server_died"] = int(not group.running())
+        # The fork server's template lives on across reloads: not a worker.
         figures["workers_replaced"] = int(
-            not (set(group.cpu_seconds()) - {group.popen.pid}) & pids_before
+            not (set(group.cpu_seconds()) - {group.popen.pid} - _templates(pids_before))
+            & pids_before
         )
         return figures
     finally:
