@@ -239,6 +239,9 @@ def _reload_figures(results: dict, clients: dict) -> dict:
         # socket errors are requests that got none (a timeout may yet get one).
         figures[f"{kind}_ok"] = outcome["requests"] - outcome["non_2xx"]
         figures[f"{kind}_failed"] = outcome["errors"]
+        # Which kind (connect/read/write/timeout/non-2xx), to tell a refused
+        # connection from a reset one when a reload loses any.
+        figures[f"{kind}_kinds"] = "/".join(str(outcome.get(k, 0)) for k in ERROR_KINDS)
     for kind, group in clients.items():
         figures[f"{kind}_ok"] = group.ok
         figures[f"{kind}_failed"] = group.failed

@@ -136,8 +136,9 @@ def _summary(figures: dict) -> str:
     seen = "; ".join(figures["python_keepalive_seen"])
     return (
         f"{figures['ok']} answered, {figures['failed']} failed "
-        f"(wrk keep-alive {figures['wrk_keepalive_failed']}, wrk close "
-        f"{figures['wrk_close_failed']}, Python keep-alive {figures['python_keepalive_failed']}"
+        f"(wrk keep-alive {figures['wrk_keepalive_failed']} "
+        f"[{figures['wrk_keepalive_kinds']}], wrk close {figures['wrk_close_failed']} "
+        f"[{figures['wrk_close_kinds']}], Python keep-alive {figures['python_keepalive_failed']}"
         f"{': ' + seen if seen else ''}), Python keep-alive reopened "
         f"{figures['python_keepalive_reopened']}; idle clients "
         f"{figures['python_idle_failed']} failed of "
