@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 
 from _process_group import stop_all
+from _options import names
 from _report import ipc_table, table
 from _systems import (
     COST,
@@ -85,19 +86,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < MIN_ROUNDS:
         parser.error(f"--rounds must be at least {MIN_ROUNDS}")
-    args.sections = _names(parser, args.sections, SECTIONS, GROUPS)
-    args.systems = _names(parser, args.systems, SYSTEMS, {})
+    args.sections = names(parser, args.sections, SECTIONS, GROUPS)
+    args.systems = names(parser, args.systems, SYSTEMS, {})
     return args
-
-
-def _names(parser: argparse.ArgumentParser, text: str, known: tuple, groups: dict) -> list:
-    """Expand a comma-separated list of names and groups, kept in ``known``'s order."""
-    chosen = set()
-    for name in filter(None, text.split(",")):
-        if name not in known and name not in groups:
-            parser.error(f"unknown name {name!r}: choose from {', '.join((*known, *groups))}")
-        chosen.update(groups.get(name, (name,)))
-    return [name for name in known if name in chosen]
 
 
 def plan(args: argparse.Namespace, settings: Settings, loadgen: str, workdir: str) -> list:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections import defaultdict
 
+from _options import names
 from _process_group import stop_all
 from _serve_loads import measure_load, measure_reload, wrk_argv
 from _serve_report import slow_ceiling, table
@@ -74,19 +75,9 @@ def parse_args(argv: list) -> argparse.Namespace:
         args.rounds = 1 if args.quick else MIN_ROUNDS
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    args.sections = _names(parser, args.sections, SECTIONS, GROUPS)
-    args.servers = _names(parser, args.servers, SERVERS, {})
+    args.sections = names(parser, args.sections, SECTIONS, GROUPS)
+    args.servers = names(parser, args.servers, SERVERS, {})
     return args
-
-
-def _names(parser: argparse.ArgumentParser, text: str, known: tuple, groups: dict) -> list:
-    """Expand a comma-separated list of names and groups, kept in ``known``'s order."""
-    chosen = set()
-    for name in filter(None, text.split(",")):
-        if name not in known and name not in groups:
-            parser.error(f"unknown name {name!r}: choose from {', '.join((*known, *groups))}")
-        chosen.update(groups.get(name, (name,)))
-    return [name for name in known if name in chosen]
 
 
 def plan(args: argparse.Namespace, table_servers: dict, settings: Settings, workdir: str) -> list:

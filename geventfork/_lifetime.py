@@ -13,9 +13,10 @@ finds unclosed is closed gracefully, by loop watchers that hold no
 from __future__ import annotations
 
 import _socket
+import ipaddress
 import logging
 import socket as _stdlib_socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple, Union
 
 import gevent
 from gevent import socket as gsocket
@@ -23,6 +24,8 @@ from gevent import socket as gsocket
 from . import _platform
 
 __all__ = [
+    "IPAddress",
+    "parse_ip",
     "Accepted",
     "ConnectionSocket",
     "Lifetime",
@@ -55,6 +58,21 @@ FAMILIES: Dict[int, str] = {_stdlib_socket.AF_INET: "IPv4", _stdlib_socket.AF_IN
 
 #: ``(host, port)``; ``(None, None)`` where the kernel does not say.
 HostPort = Tuple[Optional[str], Optional[int]]
+
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def parse_ip(host: str) -> Optional[IPAddress]:
+    """``host`` as an IP address; an IPv4 client of a dual-stack listener
+    (``::ffff:10.0.0.1``) as its IPv4 address; None if it is not one."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])  # no IPv6 zone
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def host_port(address: Any) -> HostPort:

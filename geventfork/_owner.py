@@ -72,7 +72,7 @@ class ChannelOwner(EventEmitter):
         self.channel: Optional[Channel] = None
         self._disconnect_called = False
         #: Set by a subclass once nothing may be sent whatever the channel's
-        #: state (a child that exited); ``_closed_reason`` says why.
+        #: state (``ChildProcess``: the child exited); ``_closed_reason`` says why.
         self._ended = False
         self._inbox: Optional[Deque[_Kept]] = None  # made by the first recv()
         self._arrived = Event()  # set when a message is kept, or the channel closed
@@ -248,7 +248,7 @@ class ChannelOwner(EventEmitter):
         A non-zero ``ident`` (asked for by ``receiving``) is acknowledged
         here, or by the ``recv()`` that takes the message.
         """
-        internal = is_internal(message)
+        internal = type(message) is dict and is_internal(message)  # most are not dicts
         if self._inbox is not None and not internal and not self._listeners.get("message"):
             self._inbox.append((message, handle, ident))
             self._arrived.set()

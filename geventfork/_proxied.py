@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import gevent
 
-from ._lifetime import DONTWAIT, Accepted, HostPort, close_later, host_port
+from ._lifetime import DONTWAIT, Accepted, HostPort, close_later, host_port, parse_ip
 from ._proxy import MAX_PEEK, Header, Parser, parse
 from .errors import ProxyProtocolError
 
@@ -70,13 +70,8 @@ class ProxyPolicy:
         """Whether a connection from ``host`` may send a header (a Unix socket's may)."""
         if not host or host.startswith("/") or host.startswith("\0"):
             return True  # a Unix socket: only this machine's processes reach it
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        address = parse_ip(host)
+        return address is not None and any(address in network for network in self.networks)
 
     def read(self, accepted: Accepted, address: Any, done: Done) -> None:
         """Read ``accepted``'s header, then ``done(sock, peer)``; or close it.

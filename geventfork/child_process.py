@@ -113,7 +113,6 @@ class ChildProcess(ChannelOwner):
         # The loop timer behind ``timeout``: Any, as gevent's stubs omit the
         # ``ref`` that _set_ref sets.
         self._timer: Any = None
-        self._exited = False
         self._exit_done = Event()  # set once the 'exit' listeners have run
         self._exit_greenlet: Optional[greenlet] = None
         self._disconnected = False
@@ -139,7 +138,7 @@ class ChildProcess(ChannelOwner):
             TypeError: ``signal`` is neither a number nor a name.
         """
         number = signal_number(signal)
-        if self._popen is None or self._exited or self._popen.returncode is not None:
+        if self._popen is None or self._ended or self._popen.returncode is not None:
             return False  # exited (reaped: its pid may be reused)
         try:
             os.kill(self._popen.pid, number)
@@ -193,7 +192,7 @@ class ChildProcess(ChannelOwner):
     def _closed_reason(self) -> Optional[str]:
         if self._popen is None:
             return "the child process never started"
-        if self._exited:
+        if self._ended:
             how = f"by {self.signal_code}" if self.signal_code else f"with code {self.exit_code}"
             return f"the child process exited ({how})"
         if self.channel is not None and not self.channel.connected and not self._disconnect_called:
@@ -268,8 +267,7 @@ class ChildProcess(ChannelOwner):
         popen.rawlink(lambda popen: submit(self._on_exit, popen.returncode))
 
     def _on_exit(self, returncode: int) -> None:
-        self._exited = True
-        self._ended = True
+        self._ended = True  # it exited: ChannelOwner.send() raises from now on
         self._exit_greenlet = gevent.getcurrent()
         if self._timer is not None:
             self._timer.stop()
@@ -293,7 +291,7 @@ class ChildProcess(ChannelOwner):
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self._exited and self._disconnected:
+        if self._ended and self._disconnected:
             self.emit("close", self.exit_code, self.signal_code)
 
     def _set_ref(self, referenced: bool) -> None:

@@ -9,6 +9,7 @@ Fixtures:
         from ``tests/children/``, registered in ``children``.
     popen: a list; the same teardown for ``subprocess.Popen`` objects, whose
         pipes are closed too.
+    server: a listening ``net.Server`` on 127.0.0.1 that reads nothing.
     no_leaked_children (autouse): fails the test if a child process of this
         one is still alive 3 s after the teardown above.
     no_leaked_fds (autouse): fails the test if it leaves file descriptors
@@ -182,6 +183,17 @@ def popen(no_leaked_children):
     registry = []
     yield registry
     _stop_all(registry)
+
+
+@pytest.fixture
+def server():
+    """A listening ``net.Server`` on 127.0.0.1 that reads nothing; closed at the end."""
+    from geventfork import net
+
+    srv = net.create_server(pause_on_connect=True)
+    srv.listen(0, "127.0.0.1")
+    yield srv
+    srv.close()
 
 
 @pytest.fixture

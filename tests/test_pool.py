@@ -20,7 +20,7 @@ import pytest
 from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 
-from geventfork import Pool, _pool, net
+from geventfork import Pool, _pool
 from geventfork.errors import WorkerStartupError
 from geventfork.errors import ProtocolError
 from helpers import (
@@ -59,15 +59,6 @@ def pools(no_leaked_children):
     yield start
     for pool in started:
         pool.close(timeout=TIMEOUT)
-
-
-@pytest.fixture
-def server():
-    """A listening ``net.Server`` on 127.0.0.1 that reads nothing; closed at the end."""
-    srv = net.create_server(pause_on_connect=True)
-    srv.listen(0, "127.0.0.1")
-    yield srv
-    srv.close()
 
 
 def settle_fds(baseline, what):

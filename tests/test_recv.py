@@ -9,17 +9,8 @@ import socket
 import gevent
 import pytest
 
-from geventfork import net
 from geventfork.errors import ChannelClosedError
 from helpers import TIMEOUT, fd_count, read_to_eof, wait_until
-
-
-@pytest.fixture
-def server():
-    srv = net.create_server(pause_on_connect=True)
-    srv.listen(0, "127.0.0.1")
-    yield srv
-    srv.close()
 
 
 def accept_one(server):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
+from .._lifetime import parse_ip
 from .settings import DEFAULT_POOL, Route
 
 __all__ = ["Router", "pool_sizes"]
-
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class Router:
@@ -36,25 +34,13 @@ class Router:
         """
         if not self._routes or not address:
             return DEFAULT_POOL
-        ip = _parse(address)
+        ip = parse_ip(address)
         if ip is None:
             return DEFAULT_POOL
         for version, route in self._routes:
             if version == ip.version and ip in route.network:
                 return route.name
         return DEFAULT_POOL
-
-
-def _parse(address: str) -> Optional[Address]:
-    """``address`` as an IP address; an IPv4 client of a dual-stack listener
-    (``::ffff:10.0.0.1``) as its IPv4 address; None if it is not one."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])  # no IPv6 zone
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def pool_sizes(default_workers: int, routes: Sequence[Route]) -> List[Tuple[str, int]]:
