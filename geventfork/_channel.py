@@ -1,7 +1,8 @@
 """The IPC channel: the thin gevent layer over the sans-IO ``_wire`` core.
 
-One greenlet reads (``recvmsg`` -> ``Decoder`` -> dispatch); writes are queued
-and flushed from the event loop, coalesced into one ``sendmsg`` per batch.
+The read watcher's callback reads, in the hub (``recvmsg`` -> ``Decoder`` ->
+the owner, which hands each message on); writes are queued and flushed from
+the event loop, coalesced into one ``sendmsg`` per batch.
 The socket is the raw ``_socket.socket`` and the waits are our own io
 watchers, so that ``ref()``/``unref()`` decide whether the channel keeps the
 process alive, the way libuv handles do in Node.
@@ -36,7 +37,6 @@ from typing import (
     cast,
 )
 
-import gevent
 from gevent import get_hub
 
 from . import _handles, _platform, _wire
@@ -73,6 +73,10 @@ READ_SLICE = 0.001
 READ_SIZE = 256 * 1024
 #: Bytes coalesced into one ``sendmsg`` before it is issued.
 WRITE_BATCH = 256 * 1024
+#: Queued bytes past which a run of ``send()`` calls in one turn of the loop
+#: writes what the socket takes at once, rather than when the loop next runs,
+#: so the peer works on them meanwhile (streams of small messages: 1.7x).
+WRITE_AHEAD = 64 * 1024
 #: Buffers per ``sendmsg``; Linux's ``IOV_MAX`` is 1024.
 MAX_IOV = 512
 
@@ -236,15 +240,17 @@ class Channel:
         # Casts: the stubs' watcher type lacks ``active`` and ``ref`` (see _IoWatcher).
         self._read_watcher = cast("_IoWatcher", loop.io(self._fd, 1))
         self._write_watcher = cast("_IoWatcher", loop.io(self._fd, 2))
+        # Frames a read left for later are handled once the loop is idle (_read).
+        self._resume = cast("_IoWatcher", loop.idle())
         # [data, fds, callback-or-None, ident]: a list, as a short write replaces its data
         self._queue: Deque[List[Any]] = deque()
         self._queued_bytes = 0
         self._flush_scheduled = False
+        self._write_at = WRITE_AHEAD  # queued bytes at which _enqueue writes at once
         self._awaiting: Dict[int, _Pending] = {}
         self._handles_awaiting = 0  # of _awaiting, those carrying a handle
         # ident -> on_done, once the receiver has the handle
         self._tracked: Dict[int, Callable[[], object]] = {}
-        self._slice_end = 0.0  # when the reader next lets the loop run (_handle_frames)
         self._holding: Set[int] = set()  # idents of received handles whose sender awaits DONE
         self._next_ident = 0
         self.state = State.OPEN
@@ -252,7 +258,14 @@ class Channel:
         self._explicit_ref: Optional[bool] = None
         self._default_ref = ref
         self._apply_ref()
-        self._reader = gevent.spawn(self._read_loop)
+        # Reading runs in the hub, in the read watcher's callback: no greenlet
+        # of its own, so a message costs no switch until it reaches whoever
+        # takes it (a recv() caller, a listener's runner). recvmsg() would
+        # allocate READ_SIZE bytes per call, which costs more than the read
+        # itself for a small message: read into one buffer.
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._read_watcher.start(self._on_readable)
 
     # -- public ---------------------------------------------------------
 
@@ -404,10 +417,13 @@ class Channel:
     ) -> None:
         self._queue.append([data, fds, callback, ident])
         self._queued_bytes += len(data)
-        if not self._flush_scheduled:
+        if self._queued_bytes >= self._write_at:
+            # A long run of sends in one turn of the loop: write what the
+            # socket takes now, even while the write watcher waits, so the
+            # peer works on them while we go on (as libuv tries each write).
+            self._flush()
+        elif not self._flush_scheduled:
             self._schedule_flush()
-        elif self._queued_bytes >= WRITE_BATCH and not self._write_watcher.active:
-            self._flush()  # a long run of sends: let the peer start on them
 
     def _write_now(
         self, data: _Data, fds: Tuple[int, ...], callback: Optional[Callback]
@@ -458,6 +474,7 @@ class Channel:
             self._finish(done)
             self._shut_down(ChannelClosedError(f"the IPC channel broke: {exc}"))
             return
+        self._write_at = self._queued_bytes + WRITE_AHEAD
         self._finish(done)
         if not self._queue and not self._holding:
             if self.state is State.DISCONNECTING:
@@ -522,10 +539,10 @@ class Channel:
 
     # -- reading --------------------------------------------------------
 
-    def _read_loop(self) -> None:
-        """The reader greenlet: read until the channel closes; a failure closes it."""
+    def _on_readable(self) -> None:
+        """The read and resume watchers' callback, in the hub; a failure closes the channel."""
         try:
-            self._read_until_closed()
+            self._read()
         except ProtocolError as err:
             self._report(err)
             self._shut_down(ChannelClosedError(f"the IPC channel closed on a bad frame: {err}"))
@@ -535,60 +552,58 @@ class Channel:
             get_hub().handle_error(self, *sys.exc_info())
             self._shut_down(ChannelClosedError(f"the IPC channel failed: {exc!r}"))
 
-    def _read_until_closed(self) -> None:
-        sock, decoder = self._sock, self._decoder
-        # recvmsg() would allocate READ_SIZE bytes per call, which costs more
-        # than the read itself for a small message: read into one buffer.
-        buffer = bytearray(READ_SIZE)
-        view = memoryview(buffer)
-        self._slice_end = time.monotonic() + READ_SLICE
-        while self.state is not State.CLOSED:
+    def _read(self) -> None:
+        """Handle the frames buffered, reading while the socket has more.
+
+        Runs in the hub and never waits: it returns when the socket is
+        empty, and when a batch of ``READ_BATCH`` frames or ``READ_SLICE``
+        seconds is used up, so a peer flooding the channel cannot starve
+        this process's greenlets. Frames still buffered then are handled
+        once the loop has run everything else that is ready (``_resume``,
+        an idle watcher, as ``gevent.idle``); until then nothing more is
+        read, which bounds what a flood makes us buffer.
+        """
+        sock, decoder, buffer = self._sock, self._decoder, self._buffer
+        deadline = time.monotonic() + READ_SLICE
+        emptied = False
+        while True:
+            event = self._handle_batch()
+            # (Handling frames may close the channel, which the checker
+            # cannot see: hence the ignores here and below.)
+            if event is _wire.CLOSED:
+                self._peer_closed()
+                return
+            if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
+                return
+            if event is None:
+                self._resume_later()
+                return
+            if emptied or time.monotonic() >= deadline:
+                return  # the read watcher calls again once there is more
             try:
                 size, anc, flags, _ = sock.recvmsg_into((buffer,), _ANC_SIZE, _platform.RECV_FLAGS)
             except BlockingIOError:
-                self._wait_readable()
-                continue
+                return
             except OSError as exc:
-                # (Handling frames may close the channel, which the checker
-                # cannot see: hence the ignores here and below.)
-                if self.state is State.CLOSED:  # type: ignore[comparison-overlap]
-                    return
                 raise ChannelClosedError(f"the IPC channel broke: {exc}") from exc
             fds = _platform.fds_from_ancillary(anc) if anc else ()
             if size or fds:
-                decoder.receive_data(view[:size], fds, bool(flags & _CTRUNC))
+                decoder.receive_data(self._view[:size], fds, bool(flags & _CTRUNC))
             else:
                 decoder.receive_eof()
-            if not self._handle_frames():
-                return
-            closed = self.state is State.CLOSED  # type: ignore[comparison-overlap]
-            if size < READ_SIZE and not anc and not closed:
-                # A short read without fds emptied the socket: wait for more
-                # rather than pay for a read that would say EAGAIN.
-                self._wait_readable()
+            # A short read without fds emptied the socket: handle it, then
+            # wait for more rather than pay for a read that would say EAGAIN.
+            emptied = size < READ_SIZE and not anc
 
-    def _handle_frames(self) -> bool:
-        """Handle the whole frames buffered, a batch at a time; False once closed.
+    def _resume_later(self) -> None:
+        """Stop reading until the loop is idle; then handle what is buffered."""
+        self._read_watcher.stop()
+        self._resume.start(self._resume_reading)
 
-        After each batch of ``READ_BATCH`` frames, or ``READ_SLICE`` seconds,
-        the loop runs everything else that is ready (``gevent.idle``), so a
-        peer flooding the channel cannot starve this process's greenlets.
-        """
-        while True:
-            event = self._handle_batch()
-            if event is _wire.CLOSED:
-                self._peer_closed()
-                return False
-            if event is _wire.NEED_DATA and time.monotonic() < self._slice_end:
-                return True
-            gevent.idle()
-            self._slice_end = time.monotonic() + READ_SLICE
-            if event is _wire.NEED_DATA or self.state is State.CLOSED:
-                return True  # back to reading, which stops once the channel is closed
-
-    def _wait_readable(self) -> None:
-        get_hub().wait(self._read_watcher)
-        self._slice_end = time.monotonic() + READ_SLICE
+    def _resume_reading(self) -> None:
+        self._resume.stop()  # (a closing channel stops both watchers itself)
+        self._read_watcher.start(self._on_readable)
+        self._on_readable()
 
     def _handle_batch(self) -> Optional[_wire.NoFrame]:
         """Handle up to ``READ_BATCH`` whole frames.
@@ -782,6 +797,7 @@ class Channel:
             except OSError:
                 pass
         self._read_watcher.stop()
+        self._resume.stop()
         self._write_watcher.stop()
         closed = err or ChannelClosedError("the IPC channel is closed")
         failed = flushed + [(item[2], closed) for item in self._queue if item[2] is not None]
@@ -796,8 +812,6 @@ class Channel:
         self._decoder.close()
         self._sock.close()
         self._finish(failed)
-        if gevent.getcurrent() is not self._reader:
-            self._reader.kill(block=False)
 
     def _peer_closed(self) -> None:
         """The peer closed its end cleanly: close, or first finish what we hold."""
@@ -858,4 +872,4 @@ class Channel:
         # while writes are pending, stays referenced, as in Node (whose
         # process.send() refs the channel until the write completes), so a
         # child that sends and returns does not exit with the message queued.
-        self._read_watcher.ref = alive and self.connected
+        self._read_watcher.ref = self._resume.ref = alive and self.connected

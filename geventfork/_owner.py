@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Deque, Iterator, List, Optional, Tuple
 
+from gevent import get_hub
 from gevent.event import Event
 
 from . import _handles
@@ -77,6 +78,8 @@ class ChannelOwner(EventEmitter):
         self._inbox: Optional[Deque[_Kept]] = None  # made by the first recv()
         self._arrived = Event()  # set when a message is kept, or the channel closed
         self._receivers = 0  # greenlets waiting in recv()
+        self._kept_alive = False  # whether the channel is kept alive for recv()
+        self._release_scheduled = False
         self._channel_gone = False  # 'disconnect' was heard
 
     @property
@@ -201,15 +204,32 @@ class ChannelOwner(EventEmitter):
         self._arrived.clear()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         self._receivers += 1
-        if self._receivers == 1:
+        if not self._kept_alive:
+            self._kept_alive = True
             self._listeners_changed("message")  # a waiting recv() keeps the process alive
         try:
             if not self._arrived.wait(remaining):
                 raise TimeoutError(f"no message within {timeout} s")
         finally:
             self._receivers -= 1
-            if not self._receivers:
-                self._listeners_changed("message")
+            if not self._receivers and not self._release_scheduled:
+                # Let go on the loop's next turn, unless a recv() waits again
+                # by then, as one in a loop does: no change per message.
+                self._release_scheduled = True
+                get_hub().loop.run_callback(self._release)
+
+    def _release(self) -> None:
+        """No recv() waits any more: the channel no longer keeps the process alive for it."""
+        self._release_scheduled = False
+        if not self._receivers and self._kept_alive:
+            self._kept_alive = False
+            self._listeners_changed("message")
+
+    @property
+    def waiting_in_recv(self) -> bool:
+        """Whether the channel is kept alive for a ``recv()`` waiting, or that
+        just waited (a subclass's ``_listeners_changed`` counts it)."""
+        return self._kept_alive
 
     def _acknowledge(self, ident: int, handle: Optional[_handles.Handle]) -> bool:
         """ACK a kept message; False (its handle closed) when the channel can no

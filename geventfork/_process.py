@@ -124,7 +124,8 @@ class Process(ChannelOwner):
         if event not in ("message", "disconnect") or self.channel is None:
             return
         self.channel.on_owner_listening(
-            self.listener_count("message") + self.listener_count("disconnect") + self._receivers > 0
+            self.listener_count("message") + self.listener_count("disconnect") > 0
+            or self.waiting_in_recv
         )
         if event == "message" and self._held and self.listener_count("message"):
             held, self._held = self._held, []

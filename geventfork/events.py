@@ -19,8 +19,8 @@ log = logging.getLogger("geventfork")
 class EventEmitter:
     """Node's ``EventEmitter``, snake_cased.
 
-    Listeners of the events named in ``_spawned_events`` (``'message'`` and
-    ``'connection'``) each run in a greenlet of their own, started in
+    Listeners of the events named in ``_spawned_events`` (``'message'``,
+    ``'internalMessage'`` and ``'connection'``) each run in a greenlet of their own, started in
     arrival order, so a listener that blocks cooperatively never holds up
     the channel or the accept loop (the greenlets are reused, as threads in
     a pool are: see ``_dispatch``). Every other event calls its listeners in
@@ -36,7 +36,7 @@ class EventEmitter:
     is one warning line on the ``geventfork`` logger.
     """
 
-    _spawned_events: frozenset[str] = frozenset(("message", "connection"))
+    _spawned_events: frozenset[str] = frozenset(("message", "internalMessage", "connection"))
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = {}
