@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Deque, Iterator, List, Optional, Tuple
 
-from gevent import get_hub
-from gevent.event import Event
+from gevent import get_hub, getcurrent
+from gevent.hub import Waiter
 
 from . import _handles
 from ._channel import Callback, Channel
@@ -76,8 +76,8 @@ class ChannelOwner(EventEmitter):
         #: state (``ChildProcess``: the child exited); ``_closed_reason`` says why.
         self._ended = False
         self._inbox: Optional[Deque[_Kept]] = None  # made by the first recv()
-        self._arrived = Event()  # set when a message is kept, or the channel closed
-        self._receivers = 0  # greenlets waiting in recv()
+        # recv() callers waiting for a message to be kept, or the channel to close.
+        self._waiters: List[Waiter[None]] = []
         self._kept_alive = False  # whether the channel is kept alive for recv()
         self._release_scheduled = False
         self._channel_gone = False  # 'disconnect' was heard
@@ -201,27 +201,51 @@ class ChannelOwner(EventEmitter):
 
     def _wait(self, deadline: Optional[float], timeout: Optional[float]) -> None:
         """Wait until a message is kept or the channel closed; TimeoutError past ``deadline``."""
-        self._arrived.clear()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self._receivers += 1
+        hub = get_hub()
+        waiter: Waiter[None] = Waiter(hub)
+        self._waiters.append(waiter)
+        timer = None
+        if deadline is not None:
+            timer = hub.loop.timer(max(0.0, deadline - time.monotonic()))
+            timer.start(waiter.throw, TimeoutError(f"no message within {timeout} s"))
         if not self._kept_alive:
             self._kept_alive = True
             self._listeners_changed("message")  # a waiting recv() keeps the process alive
         try:
-            if not self._arrived.wait(remaining):
-                raise TimeoutError(f"no message within {timeout} s")
+            waiter.get()
         finally:
-            self._receivers -= 1
-            if not self._receivers and not self._release_scheduled:
+            if timer is not None:
+                timer.close()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if not self._waiters and not self._release_scheduled:
                 # Let go on the loop's next turn, unless a recv() waits again
                 # by then, as one in a loop does: no change per message.
                 self._release_scheduled = True
                 get_hub().loop.run_callback(self._release)
 
+    def on_channel_read(self) -> None:
+        """Hook: the channel handled what it read for now (in the hub): wake
+        the ``recv()`` callers waiting if messages were kept for them, once
+        for the whole read rather than once a message."""
+        if self._waiters and self._inbox:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the ``recv()`` callers waiting: at once from the hub (the
+        channel's reader runs there), else on the loop's next turn."""
+        waiters, self._waiters = self._waiters, []
+        hub = get_hub()
+        for waiter in waiters:
+            if getcurrent() is hub:
+                waiter.switch(None)
+            else:
+                hub.loop.run_callback(waiter.switch, None)
+
     def _release(self) -> None:
         """No recv() waits any more: the channel no longer keeps the process alive for it."""
         self._release_scheduled = False
-        if not self._receivers and self._kept_alive:
+        if not self._waiters and self._kept_alive:
             self._kept_alive = False
             self._listeners_changed("message")
 
@@ -271,7 +295,6 @@ class ChannelOwner(EventEmitter):
         internal = type(message) is dict and is_internal(message)  # most are not dicts
         if self._inbox is not None and not internal and not self._listeners.get("message"):
             self._inbox.append((message, handle, ident))
-            self._arrived.set()
             return
         if ident and not self._acknowledge(ident, handle):
             return
@@ -306,5 +329,5 @@ class ChannelOwner(EventEmitter):
                     _handles.close(handle)
             self._inbox = deque(item for item in self._inbox if not item[2])
         self._channel_gone = True
-        self._arrived.set()
+        self._wake()
         self.emit("disconnect")

@@ -46,7 +46,18 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from typing import Callable, Deque, List, NamedTuple, NoReturn, Sequence, Tuple, Type, Union
+from typing import (
+    Callable,
+    Deque,
+    List,
+    NamedTuple,
+    NoReturn,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+)
 
 from .errors import ProtocolError
 
@@ -303,6 +314,71 @@ class Decoder:
         else:
             self._pos = end
         return _new_frame(Frame, (kind, payload, fds, codec, handle, flags, ident, lost))
+
+    def next_frames(self, limit: int) -> Tuple[List[Frame], Optional[NoFrame]]:
+        """Up to ``limit`` whole frames at once, and what ``next_event`` would say next.
+
+        The same frames, in the same order, as ``limit`` calls of
+        ``next_event``, for a reader handling a read's frames in one go:
+        frames without fds are cut from the buffer in one loop.
+
+        Returns:
+            ``(frames, after)``: ``after`` is what ``next_event`` returned
+            after the last of them, ``NEED_DATA`` or ``CLOSED``, or None
+            when ``limit`` frames were taken (more may be whole).
+
+        Raises:
+            ProtocolError: as ``next_event``, once the frames before the
+                bad one have been returned.
+        """
+        frames: List[Frame] = []
+        append = frames.append
+        buf, pos, max_size = self._buf, self._pos, self.max_size
+        length = len(buf)
+        starved = False  # the fast loop stopped at a frame not yet whole
+        while len(frames) < limit:
+            if self._batches or self._error is not None:
+                break
+            if length - pos < _HEADER_SIZE:
+                starved = True
+                break
+            size, kind, codec, handle, flags, nfds, ident = _unpack_header(buf, pos)
+            if nfds or size > max_size or (kind != MESSAGE and (size or kind not in _KINDS)):
+                break  # next_event() says what is wrong with it, or takes its fds
+            start = pos + _HEADER_SIZE
+            end = start + size
+            if end > length:
+                starved = True
+                break
+            append(
+                _new_frame(
+                    Frame, (kind, bytes(buf[start:end]), (), codec, handle, flags, ident, False)
+                )
+            )
+            pos = end
+        if pos == length:
+            self._base += pos
+            self._buf = bytearray()
+            self._pos = 0
+        elif pos >= _COMPACT_AT:
+            del buf[:pos]
+            self._base += pos
+            self._pos = 0
+        else:
+            self._pos = pos
+        if starved and not self._eof:
+            return frames, NEED_DATA
+        while len(frames) < limit:
+            try:
+                event = self.next_event()
+            except ProtocolError:
+                if frames:
+                    return frames, None  # theirs first: the next call raises
+                raise
+            if isinstance(event, Sentinel):
+                return frames, event
+            append(event)
+        return frames, None
 
     def _check_header(
         self, buf: bytearray, pos: int, size: int, kind: int, nfds: int, ident: int

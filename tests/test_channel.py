@@ -87,6 +87,9 @@ class End:
         self.closed_count += 1
         self.closed.set()
 
+    def on_channel_read(self) -> None:
+        pass
+
     # What the tests wait for.
     def message(self) -> Any:
         """The next message, which must carry no handle."""

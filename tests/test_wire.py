@@ -621,6 +621,99 @@ def test_property_random_bytes_yield_frames_or_protocol_error(prefix, reads):
     assert sorted(claimed + closed) == sorted(given_fds)
 
 
+def _decode_all(feeds: list, take) -> tuple:
+    """Feed ``feeds`` then EOF to a fresh decoder, taking frames with ``take(decoder)``
+    (a list, and what came after them); return (frames, first error, fds closed)."""
+    closed, close_fd = close_recorder()
+    decoder = Decoder(max_size=1000, close_fd=close_fd)
+    frames: list = []
+    error = None
+    for chunk, read_fds, truncated in [*feeds, (None, (), False)]:
+        try:
+            if chunk is None:
+                decoder.receive_eof()
+            else:
+                decoder.receive_data(chunk, read_fds, truncated)
+            while True:
+                taken, after = take(decoder)
+                frames += taken
+                if after is not None:
+                    break
+        except ProtocolError as exc:
+            error = error or str(exc)
+    decoder.close()
+    return frames, error, sorted(closed)
+
+
+@PROPERTY
+@given(
+    prefix=st.lists(messages | answers, max_size=6),
+    reads=reads_st,
+    limit=st.integers(1, 5),
+)
+def test_property_next_frames_is_next_event_in_bulk(prefix, reads, limit):
+    """``next_frames(limit)`` gives the frames, the error and the closed fds of
+    ``next_event`` called again and again, whatever the input."""
+    feeds = [(*encode(frame), False) for frame in number_fds(prefix)]
+    for i, (chunk, count, truncated) in enumerate(reads):
+        feeds.append((chunk, list(range(20_000 + 10 * i, 20_000 + 10 * i + count)), truncated))
+
+    def one_at_a_time(decoder):
+        event = decoder.next_event()
+        return ([], event) if not isinstance(event, Frame) else ([event], None)
+
+    def in_bulk(decoder):
+        frames, after = decoder.next_frames(limit)
+        assert len(frames) <= limit
+        assert after is not None or frames, "None says: frames were taken"
+        return frames, after
+
+    assert _decode_all(feeds, in_bulk) == _decode_all(feeds, one_at_a_time)
+
+
+def test_next_frames_returns_the_frames_before_a_bad_one_then_raises():
+    good, _ = encode(Frame(MESSAGE, b"x"))
+    decoder = Decoder()
+    decoder.receive_data(good + good + header(size=0, kind=9) + good)
+    frames, after = decoder.next_frames(5)
+    assert [frame.payload for frame in frames] == [b"x", b"x"] and after is None
+    with pytest.raises(ProtocolError, match="unknown frame kind 9"):
+        decoder.next_frames(5)
+    with pytest.raises(ProtocolError, match="unknown frame kind 9"):
+        decoder.next_frames(5)  # for good
+
+
+@pytest.mark.parametrize("take", ["next_event", "next_frames"])
+def test_fds_no_frame_claims_are_found_in_bulk_too(take):
+    """fds came with a frame that announced none: the next read's frame shows
+    that no frame will claim them."""
+    good, _ = encode(Frame(MESSAGE, b"x"))
+    closed, close_fd = close_recorder()
+    decoder = Decoder(close_fd=close_fd)
+    decoder.receive_data(good, [30_000])
+    decoder.receive_data(good)
+    taken: list = []
+    with pytest.raises(ProtocolError, match="fds arrived that no frame claimed"):
+        for _ in range(3):
+            if take == "next_event":
+                taken.append(decoder.next_event())
+            else:
+                taken += decoder.next_frames(5)[0]
+    assert [frame.payload for frame in taken] == [b"x"] and closed == [30_000]
+
+
+def test_next_frames_stops_at_the_limit_and_at_need_data():
+    good, _ = encode(Frame(MESSAGE, b"x"))
+    decoder = Decoder()
+    decoder.receive_data(good * 3 + good[:5])
+    assert [len(decoder.next_frames(2)[0]) for _ in range(2)] == [2, 1]
+    assert decoder.next_frames(2) == ([], NEED_DATA)
+    decoder.receive_data(good[5:])
+    decoder.receive_eof()
+    frames, after = decoder.next_frames(2)
+    assert len(frames) == 1 and after is CLOSED
+
+
 # ---------------------------------------------------------------- fuzzing with real fds
 
 #: The fuzzed decoder's ``max_size``: small, so that oversized frames are cheap.
