@@ -214,8 +214,9 @@ class Channel:
     Args:
         sock: a connected ``AF_UNIX`` stream socket; the channel owns it.
         owner: the ``ChildProcess`` or ``process`` it reports to, through
-            ``on_channel_message(message, handle)``, ``on_channel_error(err)`` and
-            ``on_channel_closed()``.
+            ``on_channel_message(message, handle)`` and ``on_channel_read()``
+            (in the hub: they must not wait), ``on_channel_error(err)`` and
+            ``on_channel_closed()`` (in a greenlet of their own).
         codec: how this end encodes messages (it decodes whatever codec each
             frame names).
         max_size: the largest message payload sent or accepted.
@@ -391,6 +392,8 @@ class Channel:
             data, fds = self._write_now(data, fds, callback)
             if not data:  # (the common case: _below_high_water(), inline)
                 return self._queued_bytes + self._handles_awaiting * HANDLE_WEIGHT < HIGH_WATER_MARK
+            # The socket just took what it could: no write-ahead for this rest.
+            self._write_at = self._queued_bytes + len(data) + WRITE_AHEAD
         self._enqueue(data, fds, callback, ident)
         return self._below_high_water()
 
@@ -621,8 +624,8 @@ class Channel:
         Returns:
             ``NEED_DATA`` when no whole frame is left, ``CLOSED`` once the
             peer closed, or None when frames remain after this batch (or
-            the channel was closed while one was handled: a ``recv()``
-            caller woken from the hub runs before the next frame).
+            the channel was closed while one was handled: a write that
+            failed, say).
 
         Raises:
             ProtocolError: a malformed frame, or one in another codec.
@@ -797,7 +800,9 @@ class Channel:
         if pending.outgoing is not None:
             pending.outgoing.returned()
             if pending.callback is None:
-                pending.outgoing.abandon()
+                # Ending a socket runs its own listeners ('finish'), which may
+                # wait: with the callbacks, never here (this may be the hub).
+                done.append((_without_err(pending.outgoing.abandon), None))
         done.append((pending.callback, err))
 
     # -- closing and reporting ------------------------------------------
@@ -816,6 +821,8 @@ class Channel:
         self._read_watcher.stop()
         self._resume.stop()
         self._write_watcher.stop()
+        self._decoder.close()
+        self._sock.close()
         closed = err or ChannelClosedError("the IPC channel is closed")
         failed = flushed + [(item[2], closed) for item in self._queue if item[2] is not None]
         for pending in self._awaiting.values():
@@ -826,8 +833,6 @@ class Channel:
         self._tracked.clear()  # their receiver is gone: their sender decides alone
         self._holding.clear()
         self._queued_bytes = 0
-        self._decoder.close()
-        self._sock.close()
         self._finish(failed)
 
     def _peer_closed(self) -> None:
@@ -854,7 +859,7 @@ class Channel:
             submit(self._owner.on_channel_closed)
 
     def _report(self, err: BaseException) -> None:
-        """Emit ``'error'`` on the owner, outside the reader greenlet."""
+        """Emit ``'error'`` on the owner, in a greenlet of its own (not in the hub)."""
         submit(self._owner.on_channel_error, err)
 
     def _finish(self, calls: List[_Call]) -> None:

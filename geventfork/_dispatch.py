@@ -216,8 +216,9 @@ def submit(fn: Callable[..., object], *args: Any) -> None:
     send's callback, a deferred ``emit``). The rule: calls run in the order
     they were submitted, never inside the caller's frame, each in a
     greenlet it may block in without holding up the ones after it (see the
-    module docstring). A long-lived loop (a channel's or a socket's reader)
-    gets a greenlet of its own with ``gevent.spawn`` instead, and so does an
+    module docstring). A long-lived loop (a socket's reader) gets a
+    greenlet of its own with ``gevent.spawn`` instead (a channel reads in
+    its read watcher's callback, in the hub), and so does an
     event that must come before such a loop's first event (``'connect'``
     before ``'data'``); a call that must run in the hub itself, between two
     turns of the loop, goes through ``loop.run_callback``.

@@ -460,7 +460,7 @@ class Pool(EventEmitter):
         self._ready(worker)
         if state == "retiring":
             worker.retiring = True  # from now on: no new sends
-            submit(self._start_successor, worker)  # not in the channel's reader: fork() waits
+            submit(self._start_successor, worker)  # in a greenlet of its own: fork() waits
 
     def _start_successor(self, worker: _Worker) -> None:
         """``worker`` retires: start its replacement now, unless its slot is gone."""

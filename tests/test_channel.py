@@ -1296,6 +1296,40 @@ def test_a_socket_in_flight_when_the_channel_closes_is_ended_without_a_callback(
     assert a.errors.empty()
 
 
+@pytest.mark.parametrize("how", ["nack", "peer closed"])
+def test_a_lost_socket_whose_finish_listener_waits_still_closes_everything(
+    raw_pair, opened, how
+) -> None:
+    """Ending a lost socket runs its own listeners, which may wait: the channel
+    reads in the hub, so it must not end the socket there. Every fd is let go,
+    the client gets EOF and the failure is reported, whether the receiver
+    refused the socket or went away."""
+    a, peer = raw_pair()
+    conn, client = net_connection(opened)
+    finished = Event()
+
+    def on_finish() -> None:
+        gevent.sleep(0.01)  # a listener that waits
+        finished.set()
+
+    conn.on("finish", on_finish)
+    before = fd_count()
+    a.ch.send("socket", conn)
+    frame = peer.frame()
+    close_fds(frame.fds)
+    if how == "nack":
+        peer.send(_wire.encode_ack(frame.ident, _wire.NACK))
+        expected: type = HandleLostError
+    else:
+        peer.close()
+        expected = ChannelClosedError
+        a.wait_closed()  # the channel's own socket too
+    assert client.recv(100) == b"", "no EOF"
+    assert finished.wait(timeout=TIMEOUT), "the 'finish' listener never ran"
+    assert isinstance(a.error(), expected)
+    wait_until(lambda: fd_count() < before, "the socket closed")
+
+
 # -- handles in flight -----------------------------------------------------
 
 
