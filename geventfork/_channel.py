@@ -667,8 +667,10 @@ class Channel:
         )
 
     def _receive(self, frame: _wire.Frame) -> None:
-        if not frame.fds and not frame.handle and not frame.ident and not frame.fds_lost:
-            try:  # the common case, a plain message
+        # The common case, a plain message: no ident, so no fds either (the
+        # decoder refuses fds without one), and no handle.
+        if not frame.ident and not frame.handle:
+            try:
                 message = self._codec.loads(frame.payload)
             except ProtocolError as err:
                 self._report(err)

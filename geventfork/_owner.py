@@ -292,7 +292,8 @@ class ChannelOwner(EventEmitter):
         A non-zero ``ident`` (asked for by ``receiving``) is acknowledged
         here, or by the ``recv()`` that takes the message.
         """
-        internal = type(message) is dict and is_internal(message)  # most are not dicts
+        # Most messages are not dicts, or dicts without "cmd": no call for those.
+        internal = type(message) is dict and "cmd" in message and is_internal(message)
         if self._inbox is not None and not internal and not self._listeners.get("message"):
             self._inbox.append((message, handle, ident))
             return
