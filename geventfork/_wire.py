@@ -303,17 +303,22 @@ class Decoder:
         else:
             fds, lost = (), False
         payload = bytes(buf[start:end])
-        if end == len(buf):
+        self._consumed(end)
+        return _new_frame(Frame, (kind, payload, fds, codec, handle, flags, ident, lost))
+
+    def _consumed(self, end: int) -> None:
+        """The buffer's bytes before ``end`` are taken: forget them, copying
+        only once they are many (or none is left)."""
+        if end == len(self._buf):
             self._base += end
             self._buf = bytearray()
             self._pos = 0
         elif end >= _COMPACT_AT:
-            del buf[:end]
+            del self._buf[:end]
             self._base += end
             self._pos = 0
         else:
             self._pos = end
-        return _new_frame(Frame, (kind, payload, fds, codec, handle, flags, ident, lost))
 
     def next_frames(self, limit: int) -> Tuple[List[Frame], Optional[NoFrame]]:
         """Up to ``limit`` whole frames at once, and what ``next_event`` would say next.
@@ -356,16 +361,7 @@ class Decoder:
                 )
             )
             pos = end
-        if pos == length:
-            self._base += pos
-            self._buf = bytearray()
-            self._pos = 0
-        elif pos >= _COMPACT_AT:
-            del buf[:pos]
-            self._base += pos
-            self._pos = 0
-        else:
-            self._pos = pos
+        self._consumed(pos)
         if starved and not self._eof:
             return frames, NEED_DATA
         while len(frames) < limit:
