@@ -216,6 +216,12 @@ class ConnectionSocket(gsocket.socket):
         _finish(raw)
 
     def __del__(self) -> None:
+        try:
+            self._collected()
+        except KeyboardInterrupt:
+            interrupt_later()
+
+    def _collected(self) -> None:
         raw = getattr(self, "_sock", None)
         # Closed already (gevent's closed proxy raises on any attribute), or
         # not ours (a dup()): the usual finalizer will do.
@@ -226,6 +232,23 @@ class ConnectionSocket(gsocket.socket):
             return
         raw.lifetime = None
         close_later(raw, not lifetime.shared, lifetime)
+
+
+def interrupt_later() -> None:
+    """Raise again, from the hub, a ``KeyboardInterrupt`` that landed in a ``__del__``.
+
+    Python only prints an exception a finalizer raises: a Ctrl-C that
+    arrived while one ran would be lost, and the process would go on. Raised
+    in a hub callback, gevent throws it into the main greenlet.
+    """
+    try:
+        gevent.get_hub().loop.run_callback(_raise_interrupt)
+    except Exception:  # interpreter shutdown: nothing left to interrupt
+        pass
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def gevent_socket(raw: _socket.socket, lifetime: Lifetime) -> ConnectionSocket:

@@ -26,6 +26,7 @@ from ._lifetime import (
     discard_unread,
     gevent_socket,
     host_port,
+    interrupt_later,
     report_done,
 )
 from .errors import InvalidHandleTypeError
@@ -480,6 +481,12 @@ class Socket(EventEmitter):
         Once ``socket`` was handed out, that gevent socket does this when it
         is collected (or closed) itself.
         """
+        try:
+            self._collected()
+        except KeyboardInterrupt:  # a Ctrl-C must not be lost here
+            interrupt_later()
+
+    def _collected(self) -> None:
         sock = self._sock
         if sock is None or self.destroyed or isinstance(sock, gsocket.socket):
             return

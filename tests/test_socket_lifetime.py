@@ -13,6 +13,8 @@ import _socket
 import gc
 import logging
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import gevent
@@ -32,6 +34,7 @@ from helpers import (
     fd_table,
     hub_errors,
     inbox,
+    python_env,
     read_to_eof,
     reset,
     take_one,
@@ -599,3 +602,36 @@ def test_the_reset_warning_names_the_peer_the_sender_knew(spawn_child):
     with gevent.Timeout(TIMEOUT, AssertionError("no warning line from the child")):
         line = child.stderr.readline().decode()
     assert f"(127.0.0.1:{client_port})" in line, line
+
+
+# -- Ctrl-C during a finalizer ----------------------------------------------------------
+
+_INTERRUPTED_IN_DEL = """
+import socket, sys
+import gevent
+from geventfork import _stream, net
+
+def interrupted(self):
+    raise KeyboardInterrupt  # as a Ctrl-C landing while the finalizer runs
+
+_stream.Socket._collected = interrupted
+left, right = socket.socketpair()
+net.Socket(left)  # collected at once: its __del__ gets the KeyboardInterrupt
+print("collected", flush=True)
+gevent.sleep(30)
+print("the Ctrl-C was lost", flush=True)
+"""
+
+
+def test_a_ctrl_c_that_lands_in_a_sockets_finalizer_is_not_lost(tmp_path):
+    """Python only prints what a ``__del__`` raises: a KeyboardInterrupt there
+    would be lost and the process go on. The runner ends by SIGINT, quietly."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(_INTERRUPTED_IN_DEL)
+    done = subprocess.run(
+        [sys.executable, "-m", "geventfork", str(script)],
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=python_env(),
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (-2, b"collected\n", b""), done
