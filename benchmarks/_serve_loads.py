@@ -12,7 +12,8 @@ import threading
 import time
 
 from _process_group import ProcessGroup
-from _serve_setup import ERROR_KINDS, BenchError, Load, Server, Settings, start
+from _console import BenchError
+from _serve_setup import ERROR_KINDS, Load, Server, Settings, start
 
 # wrk -------------------------------------------------------------------------------
 

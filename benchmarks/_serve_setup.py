@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from _console import BenchError, checkout, machine, output, say
 from _process_group import ProcessGroup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,10 +32,6 @@ ERROR_KINDS = ("connect", "read", "write", "timeout", "non_2xx")
 ERROR_LABELS = "connect/read/write/timeout/non-2xx"
 #: What the venv gets from the package index (geventfork comes from ROOT).
 REQUIREMENTS = ("gunicorn[gevent]", "gevent", "flask")
-
-
-class BenchError(Exception):
-    """A measurement (or the set-up) could not be made; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ def _gunicorn_extra(python: str) -> list:
     machine binds the same ``~/.gunicorn/gunicorn.ctl``, which concurrent
     runs would take from each other.
     """
-    help_text = _output([python, "-m", "gunicorn", "--help"])
+    help_text = output([python, "-m", "gunicorn", "--help"])
     return ["--no-control-socket"] if "--no-control-socket" in help_text else []
 
 
@@ -228,24 +225,12 @@ def versions(python: str) -> str:
         "print(f'Python {sys.version.split()[0]} ({sys.executable}), '"
         " + ', '.join(f'{n} {v(n)}' for n in names) + f' (imported from {where})')\n"
     )
-    packages = _output([python, "-c", code]) or f"{python}: cannot tell"
-    wrk = _output(["wrk", "-v"]).splitlines()
-    commit = _output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    packages = output([python, "-c", code]) or f"{python}: cannot tell"
+    wrk = output(["wrk", "-v"]).splitlines()
     return (
-        f"{packages}; this checkout {commit or 'unknown'}; "
-        f"{wrk[0].split(' Copyright')[0] if wrk else 'wrk ?'}; "
-        f"{os.cpu_count()} CPUs, load average {load}"
+        f"{packages}; this checkout {checkout()}; "
+        f"{wrk[0].split(' Copyright')[0] if wrk else 'wrk ?'}; {machine()}"
     )
-
-
-def _output(cmd: list) -> str:
-    """What ``cmd`` printed (stdout, then stderr), or "" if it could not run."""
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=HERE)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return (done.stdout + done.stderr).strip()
 
 
 # One server, started and stopped ---------------------------------------------------
@@ -294,8 +279,3 @@ def _get(port: int, path: str) -> Optional[int]:
         return None
     finally:
         conn.close()
-
-
-def say(text: str, end: str = "\n") -> None:
-    """Progress, on stderr."""
-    print(text, end=end, file=sys.stderr, flush=True)

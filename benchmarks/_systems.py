@@ -17,10 +17,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from _console import BenchError
 from _process_group import ProcessGroup
 
 __all__ = [
-    "BenchError",
     "Settings",
     "build_loadgen",
     "measure_handoff",
@@ -79,10 +79,6 @@ START_TIMEOUT = 30.0
 #: Seconds an IPC benchmark program may run.
 IPC_TIMEOUT = 180.0
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
-
-class BenchError(Exception):
-    """A system failed to run: it did not start, crashed, or printed no figures."""
 
 
 @dataclass

@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 
-from _process_group import stop_all
+from _console import BenchError, checkout, machine, measure_all, output, say
 from _options import names
+from _process_group import stop_all
 from _report import ipc_table, table
 from _systems import (
     COST,
     HANDOFF,
-    ROOT,
-    BenchError,
     Settings,
     build_loadgen,
     ensure_gipc,
@@ -134,20 +130,19 @@ def _ipc(system: str, bench: list, settings: Settings, workdir: str) -> dict:
 
 def run_rounds(rounds: int, jobs: list) -> tuple:
     """Run every job once per round; return ``(results, failures)``."""
-    results = defaultdict(list)
-    failures = []
-    for number in range(1, rounds + 1):
-        for section, system, run in jobs:
-            say(f"round {number}/{rounds}  {section:<17} {system:<22} ", end="")
-            try:
-                figures = run()
-            except BenchError as exc:
-                failures.append(f"round {number}, {section}, {system}: {exc}")
-                say(f"FAILED: {exc}")
-                continue
-            results[(section, system)].append(figures)
-            say(_summary(figures))
-    return results, failures
+    return measure_all(
+        (
+            (
+                f"round {number}/{rounds}  {section:<17} {system:<22}",
+                f"round {number}, {section}, {system}",
+                (section, system),
+                run,
+            )
+            for number in range(1, rounds + 1)
+            for section, system, run in jobs
+        ),
+        _summary,
+    )
 
 
 def _summary(figures: dict) -> str:
@@ -182,28 +177,11 @@ def versions() -> str:
     except importlib.metadata.PackageNotFoundError:
         gipc = "missing"
 
-    node = _output(["node", "--version"]) or "missing"
-    commit = _output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    if commit and _output(["git", "-C", ROOT, "status", "--porcelain", "--", "geventfork"]):
-        commit += " + uncommitted changes in geventfork/"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    node = output(["node", "--version"]) or "missing"
     return (
         f"Python {sys.version.split()[0]} ({sys.executable}), gevent {gevent.__version__}, "
-        f"gipc {gipc}, Node {node}, geventfork {commit or 'unknown'}; "
-        f"{os.cpu_count()} CPUs, load average {load}"
+        f"gipc {gipc}, Node {node}, geventfork {checkout()}; {machine()}"
     )
-
-
-def _output(cmd: list) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def say(text: str, end: str = "\n") -> None:
-    """Progress, on stderr."""
-    print(text, end=end, file=sys.stderr, flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

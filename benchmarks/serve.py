@@ -16,6 +16,7 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -24,8 +25,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections import defaultdict
 
+from _console import BenchError, measure_all, say
 from _options import names
 from _process_group import stop_all
 from _serve_loads import measure_load, measure_reload, wrk_argv
@@ -36,10 +37,8 @@ from _serve_setup import (
     MIN_ROUNDS,
     SECTIONS,
     SERVERS,
-    BenchError,
     Settings,
     prepare_python,
-    say,
     servers,
     versions,
 )
@@ -101,19 +100,18 @@ def plan(args: argparse.Namespace, table_servers: dict, settings: Settings, work
 
 def run_all(rounds: int, jobs: list) -> tuple:
     """Run every job; return ``(results, failures)``."""
-    results = defaultdict(list)
-    failures = []
-    for number, section, name, (function, *arguments) in jobs:
-        say(f"run {number}/{rounds}  {section:<9} {name:<10} ", end="")
-        try:
-            figures = function(*arguments)
-        except BenchError as exc:
-            failures.append(f"run {number}, {section}, {name}: {exc}")
-            say(f"FAILED: {exc}")
-            continue
-        results[(section, name)].append(figures)
-        say(_summary(figures))
-    return results, failures
+    return measure_all(
+        (
+            (
+                f"run {number}/{rounds}  {section:<9} {name:<10}",
+                f"run {number}, {section}, {name}",
+                (section, name),
+                functools.partial(*run),
+            )
+            for number, section, name, run in jobs
+        ),
+        _summary,
+    )
 
 
 def _summary(figures: dict) -> str:
